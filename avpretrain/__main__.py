@@ -1,0 +1,5 @@
+import sys
+
+from avpretrain.cli import main
+
+sys.exit(main())

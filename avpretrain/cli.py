@@ -1,0 +1,219 @@
+"""The ``avpretrain`` command (also ``python -m avpretrain``).
+
+  avpretrain data build demo --out DATA
+  avpretrain data build audio_folder --source DIR --out DATA
+  avpretrain data stats --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
+  avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
+  avpretrain export --workdir=W --out=E
+  avpretrain eval linear-probe --model=E --data=DATA [--random-init]
+  avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
+  avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8 [--peak-tflops=989]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+
+def _config_args(parser):
+    parser.add_argument("--config", required=True, help="config file and argument, e.g. configs/m2d.py:size=tiny,runlocal")
+
+
+def _distributed_args(parser):
+    g = parser.add_argument_group("multi-process (auto-detected on TPU pods and SLURM)")
+    g.add_argument("--coordinator", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    g.add_argument("--local-devices", type=int, help="force this many CPU devices per process")
+
+
+def _load_config(args, overrides):
+    from avpretrain import config as config_lib
+
+    return config_lib.load_config(args.config, overrides)
+
+
+def _init_distributed(args):
+    from avpretrain import sharding
+
+    sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.local_devices)
+
+
+def cmd_train(args, overrides):
+    config = _load_config(args, overrides)  # rejects unknown keys before anything compiles
+    _init_distributed(args)
+    from avpretrain import train
+
+    try:
+        result = train.train(config, args.workdir, stop_at=args.stop_at)
+    except train.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    status = "preempted (SIGTERM), checkpoint saved" if result.preempted else "done"
+    print(f"train {status}: step {result.step} workdir={args.workdir}")
+    return 0
+
+
+def cmd_export(args, overrides):
+    from avpretrain import export
+
+    out = export.export(args.workdir, args.out, step=args.step)
+    print(f"exported encoder to {out}")
+
+
+def cmd_data_build(args, overrides):
+    if args.name == "demo":
+        from data_pipelines import demo
+
+        report = demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate)
+    else:
+        if not args.source:
+            raise SystemExit("error: data build audio_folder needs --source DIR")
+        from data_pipelines import audio_folder
+
+        report = audio_folder.build(args.source, args.out, sample_rate=args.sample_rate, seed=args.seed,
+                                    min_seconds=args.min_seconds)
+    for line in report.summary_lines():
+        print(line)
+
+
+def cmd_data_stats(args, overrides):
+    config = _load_config(args, overrides)
+    from avpretrain import train
+
+    mean, std = train.load_or_compute_norm_stats(config, args.workdir)
+    print(f"norm_stats mean={mean:.6f} std={std:.6f}")
+
+
+def cmd_eval_linear_probe(args, overrides):
+    from avpretrain.evaluate import downstream
+
+    result = downstream.linear_probe(args.model, args.data, random_init=args.random_init, seed=args.seed,
+                                     batch_size=args.batch_size)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
+
+
+def cmd_sweep(args, overrides):
+    from avpretrain import config as config_lib
+
+    runs = config_lib.load_sweep(args.config)
+    for i, run in enumerate(runs):
+        name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in run.items())
+        workdir = os.path.join(args.workdir, f"{i:02d}_{name}")
+        run_overrides = list(overrides) + [f"--config.{k}={v!r}" for k, v in run.items()]
+        config_lib.load_config(args.config, run_overrides)  # every run's keys are checked first
+        command = ["avpretrain", "train", f"--config={args.config}", *run_overrides, f"--workdir={workdir}"]
+        print(shlex.join(command))
+        if args.run:
+            import subprocess
+
+            subprocess.run([sys.executable, "-m", "avpretrain", *command[1:]], check=True)
+
+
+def cmd_bench(args, overrides):
+    config = _load_config(args, overrides)
+    _init_distributed(args)
+    from avpretrain import bench
+
+    bench.run(config, steps=args.steps, warmup=args.warmup, peak_tflops=args.peak_tflops,
+              data_batches=args.data_batches)
+
+
+def cmd_report(args, overrides):
+    from avpretrain import report
+
+    report.demo_report(args.run_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avpretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain (resumes from the workdir's latest checkpoint)")
+    _config_args(t)
+    t.add_argument("--workdir", required=True)
+    t.add_argument("--stop-at", type=int, help="end this run at this step (checkpointed); the schedule is unchanged")
+    _distributed_args(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="write a params-only encoder from a training workdir")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--step", type=int)
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
+    b.add_argument("name", choices=["demo", "audio_folder"])
+    b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
+    b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv)")
+    b.add_argument("--sample-rate", type=int, default=16000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--num-clips", type=int, default=2400, help="demo: number of clips")
+    b.add_argument("--min-seconds", type=float, default=0.5, help="audio_folder: shorter files are skipped")
+    b.set_defaults(func=cmd_data_build)
+    s = d.add_parser("stats", help="normalisation mean/std of the log-mel from random crops")
+    _config_args(s)
+    s.add_argument("--workdir", required=True, help="norm_stats.json is stored here")
+    s.set_defaults(func=cmd_data_stats)
+
+    v = sub.add_parser("eval", help="downstream evaluation").add_subparsers(dest="eval_command", required=True)
+    lp = v.add_parser("linear-probe", help="linear evaluation of frozen scene embeddings")
+    lp.add_argument("--model", required=True, help="an exported encoder directory")
+    lp.add_argument("--data", required=True, help="a dataset directory with train/validation/test")
+    lp.add_argument("--random-init", action="store_true", help="the same architecture, randomly initialised")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--batch-size", type=int, default=32)
+    lp.add_argument("--json-out", help="also write the result as JSON")
+    lp.set_defaults(func=cmd_eval_linear_probe)
+
+    w = sub.add_parser("sweep", help="print (or --run) the runs of the config's get_sweep")
+    _config_args(w)
+    w.add_argument("--workdir", required=True, help="each run gets a sub-directory")
+    w.add_argument("--run", action="store_true", help="run them one after another here")
+    w.set_defaults(func=cmd_sweep)
+
+    n = sub.add_parser("bench", help="step time, examples/s, TFLOP/s, MFU and input-pipeline throughput")
+    _config_args(n)
+    n.add_argument("--steps", type=int, default=10)
+    n.add_argument("--warmup", type=int, default=2)
+    n.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak for MFU (H100 bf16: 989)")
+    n.add_argument("--data-batches", type=int, default=20, help="batches for the input-pipeline figure (0: skip)")
+    _distributed_args(n)
+    n.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
+    r.add_argument("--run-dir", required=True)
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"{args.command} takes no --config.* overrides")
+    try:
+        return args.func(args, overrides) or 0
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("AVP_DEBUG"):
+            raise
+        import traceback
+
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        print(f"error: {msg}\n  (raised at {where.filename}:{where.lineno}; AVP_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2

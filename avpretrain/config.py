@@ -1,0 +1,136 @@
+"""Config files, their argument strings, command-line overrides and sweeps.
+
+A config file defines ``get_config(arg: str) -> ml_collections.ConfigDict`` and may define
+``get_sweep(arg: str) -> list[dict]`` (each dict: dotted key -> value overrides for one run)::
+
+    avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.optim.lr=1e-4
+
+Unknown keys are rejected, with the closest known key, before anything compiles.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import pathlib
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults):
+    """``"size=base,runlocal"`` -> ConfigDict(size='base', runlocal=True), typed like ``defaults``."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
+        default = defaults[key]
+        if not _:
+            value = True
+        elif isinstance(default, bool):
+            value = raw.lower() in ("1", "true", "yes")
+        else:
+            value = type(default)(raw) if default is not None else raw
+        out[key] = value
+    return out
+
+
+def _load_module(path: str):
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"avp_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config(arg)")
+    return module
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    path, _, arg = spec.partition(":")
+    return path, arg
+
+
+def load_config(spec: str, overrides: list[str] | dict | None = None) -> ml_collections.ConfigDict:
+    """Loads ``path.py[:arg]``, applies overrides and locks the result (no new keys)."""
+    path, arg = split_spec(spec)
+    config = _load_module(path).get_config(arg)
+    config.config_spec = spec
+    apply_overrides(config, overrides or [])
+    config.lock()
+    return config
+
+
+def load_sweep(spec: str) -> list[dict]:
+    path, arg = split_spec(spec)
+    module = _load_module(path)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"config file {path} declares no sweep (define get_sweep(arg))")
+    return list(module.get_sweep(arg))
+
+
+def _all_keys(config, prefix=""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        yield name
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _all_keys(value, name + ".")
+
+
+def _parse_value(raw: str):
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str] | dict) -> None:
+    """Applies ``["a.b=1", ...]`` or ``{"a.b": 1}``; an unknown key raises KeyError naming it."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    known = list(_all_keys(config))
+    for key, value in items:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise KeyError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                           + f" in {config.get('config_spec', 'config')}")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        current = node[leaf]
+        if isinstance(value, str) and not isinstance(current, str):
+            value = _parse_value(value)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise TypeError(f"config key {key!r}: cannot set {value!r} on a {type(current).__name__} field") from e
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"config override {item!r} is not of the form key=value")
+    return key.removeprefix("--").removeprefix("config."), value
+
+
+def to_json(config) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(_tuplify(json.loads(text)))
+
+
+def _tuplify(value):
+    if isinstance(value, dict):
+        return {k: _tuplify(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value

@@ -1,0 +1,96 @@
+"""grain input pipelines: per-process shard → seeded shuffle → random crop/pad → batch → global jax.Array.
+
+Training iterators are infinite and checkpointable (``get_state``/``set_state`` via Orbax). The
+evaluation pipeline visits every example of a split exactly once: the last batch is padded and
+``mask`` marks the real examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+
+from avpretrain import audio
+from avpretrain.data import source as source_lib
+
+INT16_SCALE = 1.0 / 32768.0
+
+
+def clip_samples(config) -> int:
+    """Samples of one training crop: exactly ``model.input_frames`` log-mel frames."""
+    return audio.num_samples_for_frames(config.model.input_frames)
+
+
+def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
+    """A random window of ``length`` samples (start 0 without rng); shorter clips are zero-padded."""
+    if len(wave) > length:
+        start = int(rng.integers(0, len(wave) - length + 1)) if rng is not None else 0
+        wave = wave[start:start + length]
+    out = np.zeros(length, np.float32)
+    out[:len(wave)] = wave.astype(np.float32) * INT16_SCALE
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomCrop(grain.transforms.RandomMap):
+    length: int
+
+    def random_map(self, element, rng: np.random.Generator):
+        return {"audio": _crop_or_pad(element["audio"], self.length, rng)}
+
+
+def process_batch_size(global_batch: int) -> int:
+    if global_batch % jax.process_count():
+        raise ValueError(f"batch_size={global_batch} is not divisible by {jax.process_count()} processes")
+    return global_batch // jax.process_count()
+
+
+def train_dataset(config, *, seed: int | None = None) -> grain.IterDataset:
+    """This process's infinite, shuffled stream of cropped-and-batched training examples."""
+    seed = config.seed if seed is None else seed
+    ds = grain.MapDataset.source(source_lib.data_source(config.data.dir, config.data.split))
+    if len(ds) < jax.process_count():
+        raise ValueError(f"{config.data.dir}: split {config.data.split!r} has {len(ds)} examples "
+                         f"for {jax.process_count()} processes")
+    ds = ds[jax.process_index()::jax.process_count()]
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(RandomCrop(clip_samples(config)), seed=seed)
+    ds = ds.batch(process_batch_size(config.batch_size), drop_remainder=True).to_iter_dataset()
+    if config.data.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return ds
+
+
+def to_global(batch: dict, sharding) -> dict:
+    """Per-process numpy batch → global jax.Arrays sharded over the data-parallel axes."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def eval_batches(data_dir: str, split: str, *, batch_size: int, pad_multiple: int = 1,
+                 max_samples: int | None = None, process_index: int = 0, process_count: int = 1):
+    """Every example of ``split`` once, in order, as padded numpy batches (each example read once).
+
+    Each batch: ``audio`` [B, L] float32 with L the batch's longest clip rounded up to
+    ``pad_multiple`` (capped at ``max_samples``), ``num_samples`` [B], ``label`` [B], and
+    ``mask`` [B] (0 for the padding examples that fill the last batch).
+    """
+    src = source_lib.data_source(data_dir, split)
+    indices = np.arange(len(src))[process_index::process_count]
+    for start in range(0, len(indices), batch_size):
+        waves, labels = [], []
+        for i in indices[start:start + batch_size]:
+            example = src[int(i)]
+            waves.append(example["audio"] if max_samples is None else example["audio"][:max_samples])
+            labels.append(int(example["label"]))
+        longest = max(len(w) for w in waves)
+        length = -(-longest // pad_multiple) * pad_multiple
+        out = {"audio": np.zeros((batch_size, length), np.float32),
+               "num_samples": np.zeros(batch_size, np.int32),
+               "label": np.zeros(batch_size, np.int32), "mask": np.zeros(batch_size, np.float32)}
+        for row, wave in enumerate(waves):
+            out["audio"][row] = _crop_or_pad(wave, length, None)
+            out["num_samples"][row] = len(wave)
+            out["label"][row] = labels[row]
+            out["mask"][row] = 1.0
+        yield out

@@ -1,0 +1,67 @@
+"""Reading a dataset written by `data_pipelines` (TFDS ArrayRecord) without TensorFlow.
+
+DATA_DIR holds one prepared dataset: DATA_DIR/<name>/<version>/dataset_info.json + files.
+Elements are dicts of numpy values: 'audio' int16 [T], 'label' int, and 'id', 'speaker',
+'caption' as bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import tensorflow_datasets as tfds
+
+
+def find_dataset_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
+    """The directory holding the single dataset_info.json at or under `data_dir`."""
+    data_dir = pathlib.Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f'dataset directory does not exist: {data_dir}')
+    if (data_dir / 'dataset_info.json').is_file():
+        return data_dir
+    found = sorted(
+        p.parent for p in data_dir.rglob('dataset_info.json')
+        # Skip unfinished builds: TFDS's `incomplete.*` dirs, the builders' `.build-*` scratch.
+        if not any(part.startswith(('incomplete.', '.')) for part in p.relative_to(data_dir).parts)
+    )
+    if not found:
+        raise FileNotFoundError(
+            f'no prepared dataset (dataset_info.json) under {data_dir}; build one with '
+            '`python -m data_pipelines.demo --out DIR` or `python -m data_pipelines.audio_folder`'
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f'{data_dir} holds {len(found)} datasets, point at one of them: '
+            + ', '.join(map(str, found))
+        )
+    return found[0]
+
+
+def open_builder(data_dir: str | pathlib.Path) -> tfds.core.DatasetBuilder:
+    return tfds.builder_from_directory(str(find_dataset_dir(data_dir)))
+
+
+def data_source(data_dir: str | pathlib.Path, split: str):
+    """Random-access source (`len`, `__getitem__`) over one split, e.g. for grain."""
+    builder = open_builder(data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f'split {split!r} not in {list(builder.info.splits)} ({builder.data_dir})')
+    return builder.as_data_source(split=split)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+    name: str
+    sample_rate: int
+    label_names: list[str]
+    num_examples: dict[str, int]
+
+
+def dataset_meta(data_dir: str | pathlib.Path) -> DatasetMeta:
+    info = open_builder(data_dir).info
+    return DatasetMeta(
+        name=info.name,
+        sample_rate=int(info.metadata['sample_rate']),
+        label_names=list(info.features['label'].names),
+        num_examples={name: split.num_examples for name, split in info.splits.items()},
+    )

@@ -1,0 +1,43 @@
+"""Downstream evaluation of exported encoders on a built dataset (train/validation/test splits)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from avpretrain import export
+from avpretrain.data import pipeline, source
+from avpretrain.evaluate.linear_probe import train_linear_probe
+
+
+def embed_split(encoder: export.PretrainedEncoder, data_dir: str, split: str, batch_size: int = 32):
+    """Scene embeddings [N, D'] and labels [N] of every example of ``split`` (each exactly once)."""
+    xs, ys = [], []
+    chunk = encoder.input_frames * 160
+    for batch in pipeline.eval_batches(data_dir, split, batch_size=batch_size, pad_multiple=chunk):
+        keep = batch["mask"] > 0
+        emb = encoder.scene_embeddings(batch["audio"][keep], lengths=batch["num_samples"][keep],
+                                       batch_size=batch_size)
+        xs.append(emb)
+        ys.append(batch["label"][keep])
+    if not xs:
+        return np.zeros((0, encoder.embedding_dim), np.float32), np.zeros((0,), np.int32)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def linear_probe(model_dir: str, data_dir: str, *, random_init: bool = False, seed: int = 0,
+                 batch_size: int = 32) -> dict:
+    """EVAR-style linear evaluation: frozen scene embeddings → standardised → linear classifier."""
+    meta = source.dataset_meta(data_dir)
+    encoder = export.load_pretrained(model_dir, random_init=random_init, seed=seed)
+    if meta.sample_rate != encoder.sample_rate:
+        raise ValueError(f"{data_dir} is at {meta.sample_rate} Hz but the encoder expects {encoder.sample_rate} Hz")
+    t0 = time.time()
+    splits = {s: embed_split(encoder, data_dir, s, batch_size) for s in ("train", "validation", "test")}
+    embed_seconds = time.time() - t0
+    result = train_linear_probe(*splits["train"], *splits["validation"], *splits["test"],
+                                num_classes=len(meta.label_names), seed=seed)
+    return {"model": str(model_dir), "data": str(data_dir), "random_init": random_init,
+            **dataclasses.asdict(result), "embedding_dim": int(splits["train"][0].shape[1]),
+            "num_examples": {s: int(len(v[1])) for s, v in splits.items()}, "embed_seconds": embed_seconds}

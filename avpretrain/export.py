@@ -1,0 +1,147 @@
+"""Params-only encoder export and the downstream API.
+
+``avpretrain export --workdir=W --out=E`` writes ``E/config.json`` (the training config, the
+normalisation statistics and the sample rate) and ``E/params`` (Orbax, the online encoder only:
+no target encoder, predictor or optimizer state). Downstream::
+
+    encoder = avpretrain.load_pretrained("E")
+    frames, times = encoder.frame_embeddings(waveforms, sample_rate=44100)   # [B, T', D'], seconds
+    scene = encoder.scene_embeddings(waveforms, sample_rate=44100)           # [B, D']
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from avpretrain import audio, checkpoint, config as config_lib, models, sharding
+
+
+def _encoder_model(config, mesh, seed: int | None = None):
+    with sharding.mesh_rules(mesh, config.sharding_rules):
+        rngs = nnx.Rngs(config.seed if seed is None else seed)
+        return nnx.jit(lambda: models.create(config, rngs, encoder_only=True))()
+
+
+def _single_device_mesh():
+    return sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+
+
+def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
+    """Writes the online encoder of the latest (or given) checkpoint of ``workdir`` to ``out``."""
+    workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+    config_file = workdir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
+    config = config_lib.from_json(config_file.read_text())
+    stats_file = workdir / "norm_stats.json"
+    if config.data.norm_stats:
+        mean, std = config.data.norm_stats
+    elif stats_file.exists():
+        stats = json.loads(stats_file.read_text())
+        mean, std = stats["mean"], stats["std"]
+    else:
+        raise FileNotFoundError(f"{stats_file} not found and config.data.norm_stats is empty")
+    model = _encoder_model(config, _single_device_mesh())
+    params = checkpoint.restore_params(workdir / "checkpoints", nnx.to_pure_dict(nnx.state(model)), step)
+    out.mkdir(parents=True, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save((out / "params").absolute(), params, force=True)
+    ckptr.wait_until_finished()
+    meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": [float(mean), float(std)],
+            "sample_rate": int(config.data.sample_rate), "format": "avpretrain-encoder-v1"}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+class PretrainedEncoder:
+    """A frozen encoder for downstream use; waveforms at any sample rate (resampled)."""
+
+    def __init__(self, model, config, norm_stats, sample_rate: int):
+        self.model, self.config = model, config
+        self.norm_stats = tuple(norm_stats)
+        self.sample_rate = sample_rate
+        self.input_frames = model.input_frames
+        self.patch = model.patch
+        self.hop_seconds = 160 / sample_rate
+        graphdef, state = nnx.split(model)
+        frames = self.input_frames
+
+        @jax.jit
+        def embed(state, waves_BS):
+            """[B, n·frames·hop] waveforms → log-mel of the whole clip, cut into n chunks → [B, n·T/p, D']."""
+            m = nnx.merge(graphdef, state)
+            lms = audio.normalize(audio.log_mel(waves_BS, sample_rate=sample_rate), *self.norm_stats)
+            B, F, T = lms.shape
+            n = (T - 1) // frames
+            chunks = lms[:, :, :n * frames].reshape(B, F, n, frames).transpose(0, 2, 1, 3)
+            emb = m.frame_embeddings(chunks.reshape(B * n, 1, F, frames))
+            return emb.reshape(B, -1, emb.shape[-1])
+
+        self._state = state
+        self._embed = embed
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.grid[0] * self.model.dims["width"]
+
+    def _prepare(self, waveforms, sample_rate, lengths):
+        if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
+            waveforms = [waveforms]
+        waves = [np.asarray(w, np.float32) for w in waveforms]
+        if lengths is not None:
+            waves = [w[:int(n)] for w, n in zip(waves, lengths)]
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            waves = [audio.resample(w, sample_rate, self.sample_rate) for w in waves]
+        return waves
+
+    def frame_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 32):
+        """Per patch column: (embeddings [B, T', D'] zeroed past each clip's end, timestamps [T'] in
+        seconds (column centres), valid [B, T']).
+
+        The log-mel of each whole clip is cut into training-length chunks that are embedded and
+        concatenated along time (as M2D does); clips are zero-padded to whole chunks.
+        """
+        waves = self._prepare(waveforms, sample_rate, lengths)
+        cols = [max(1, audio.num_frames(len(w)) // self.patch) for w in waves]
+        chunk_samples = self.input_frames * 160
+        n_chunks = max(-(-audio.num_frames(len(w)) // self.input_frames) for w in waves)
+        outs = []
+        for start in range(0, len(waves), batch_size):
+            batch = np.zeros((batch_size, n_chunks * chunk_samples), np.float32)
+            for row, w in enumerate(waves[start:start + batch_size]):
+                batch[row, :len(w)] = w[:n_chunks * chunk_samples]
+            outs.append(np.asarray(self._embed(self._state, batch))[:len(waves) - start])
+        total = max(cols)
+        emb = np.concatenate(outs)[:, :total]
+        valid = np.arange(total)[None] < np.asarray(cols)[:, None]
+        timestamps = (np.arange(total) * self.patch + self.patch / 2) * self.hop_seconds
+        return emb * valid[..., None], timestamps, valid
+
+    def scene_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 64):
+        """Mean of the frame embeddings over each clip's valid time: [B, D']."""
+        emb, _, valid = self.frame_embeddings(waveforms, sample_rate, lengths, batch_size)
+        return emb.sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
+
+
+def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> PretrainedEncoder:
+    """Loads an exported encoder (no training state). ``random_init``: same architecture, fresh weights."""
+    path = pathlib.Path(path)
+    meta_file = path / "config.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file} not found: is {path} a directory written by `avpretrain export`?")
+    meta = json.loads(meta_file.read_text())
+    config = config_lib.from_json(json.dumps(meta["config"]))
+    model = _encoder_model(config, _single_device_mesh(), seed=seed if random_init else None)
+    if not random_init:
+        state = nnx.state(model)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+        params = ocp.StandardCheckpointer().restore((path / "params").absolute(), abstract)
+        nnx.replace_by_pure_dict(state, params)
+        nnx.update(model, state)
+    return PretrainedEncoder(model, config, meta["norm_stats"], meta["sample_rate"])

@@ -1,0 +1,62 @@
+"""Training metrics to the console (progress line + ETA), TensorBoard event files and metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import jax
+
+
+class MetricWriter:
+    """Writes on process 0 only; every record has ``step`` and is one JSON line in metrics.jsonl."""
+
+    def __init__(self, workdir, total_steps: int):
+        self.active = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.start = time.time()
+        self.start_step = None
+        if self.active:
+            path = pathlib.Path(workdir)
+            path.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(path / "metrics.jsonl", "a")
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(path / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for key, value in record.items():
+            if key != "step":
+                self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+        if self.start_step is None:
+            self.start_step, self.start = step, time.time()
+        done = step - self.start_step
+        eta = (time.time() - self.start) / done * (self.total_steps - step) if done else float("nan")
+        shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k in
+                         ("loss", "lr", "grad_norm", "step_time", "examples_per_s", "audio_hours_per_s"))
+        print(f"[{step}/{self.total_steps}] {100 * step / self.total_steps:5.1f}% {shown} "
+              f"eta={_fmt(eta)}", flush=True)
+
+    def close(self) -> None:
+        if self.active:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _fmt(seconds: float) -> str:
+    if seconds != seconds:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stdout, flush=True)

@@ -1,0 +1,112 @@
+"""ViT pieces shared by the models: pre-norm blocks, patching, fixed 2-D sin-cos positions.
+
+Shapes: B batch, N tokens, D width, F×T the log-mel (frequency × time), p the patch size.
+Parameters carry logical axis names (see ``avpretrain.sharding``).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+LN_EPS = 1e-6
+
+
+class Buffer(nnx.Variable):
+    """A fixed, non-trainable array saved with the model (e.g. sin-cos positions)."""
+
+
+def _init(init, axes):
+    return nnx.with_partitioning(init, axes)
+
+
+def dense(d_in, d_out, axes, rngs, dtype=jnp.float32):
+    """Linear with xavier-uniform kernel and zero bias (MAE/M2D init), kernel axes ``axes``."""
+    return nnx.Linear(d_in, d_out, kernel_init=_init(nnx.initializers.xavier_uniform(), axes),
+                      bias_init=_init(nnx.initializers.zeros_init(), axes[1:]), dtype=dtype, rngs=rngs)
+
+
+def layer_norm(dim, rngs, dtype=jnp.float32):
+    return nnx.LayerNorm(dim, epsilon=LN_EPS, scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
+                         bias_init=_init(nnx.initializers.zeros_init(), ("norm",)), dtype=dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, dim, num_heads, rngs, dtype=jnp.float32):
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = dense(dim, 3 * dim, ("embed", "qkv"), rngs, dtype)
+        self.proj = dense(dim, dim, ("qkv", "embed"), rngs, dtype)
+
+    def __call__(self, x_BND):
+        B, N, D = x_BND.shape
+        qkv = self.qkv(x_BND).reshape(B, N, 3, self.num_heads, D // self.num_heads)
+        out_BNHK = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return self.proj(out_BNHK.reshape(B, N, D))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, dim, hidden, rngs, dtype=jnp.float32):
+        self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs, dtype)
+        self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs, dtype)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x))."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32):
+        self.norm1 = layer_norm(dim, rngs, dtype)
+        self.attn = Attention(dim, num_heads, rngs, dtype)
+        self.norm2 = layer_norm(dim, rngs, dtype)
+        self.mlp = Mlp(dim, round(dim * mlp_ratio), rngs, dtype)
+
+    def __call__(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def blocks(depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32):
+    return nnx.List([Block(dim, num_heads, mlp_ratio, rngs, dtype) for _ in range(depth)])
+
+
+def patchify(x_B1FT, patch: int):
+    """[B, 1, F, T] -> [B, (F/p)·(T/p), p·p], frequency-major tokens, (kh, kw) inside a patch.
+
+    Equals a stride-p conv's input layout, so a Linear(p·p → D) over it is the conv patch embedding.
+    """
+    B, C, F, T = x_B1FT.shape
+    if C != 1 or F % patch or T % patch:
+        raise ValueError(f"input {x_B1FT.shape} must be [B, 1, F, T] with F, T multiples of {patch}")
+    x = x_B1FT.reshape(B, F // patch, patch, T // patch, patch)
+    return x.transpose(0, 1, 3, 2, 4).reshape(B, (F // patch) * (T // patch), patch * patch)
+
+
+def sincos_pos_embed(dim: int, grid_f: int, grid_t: int, cls_token: bool = True) -> np.ndarray:
+    """Fixed 2-D sin-cos positions [1(+cls) + grid_f·grid_t, dim], as MAE/M2D compute them.
+
+    The first half of the channels encodes the time index, the second the frequency index
+    (MAE's ``meshgrid(w, h)`` order); the CLS position is zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
+    t, f = np.meshgrid(np.arange(grid_t, dtype=np.float64), np.arange(grid_f, dtype=np.float64))
+
+    def one_axis(pos):
+        omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+        out = pos.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([one_axis(t), one_axis(f)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return emb.astype(np.float32)
+
+
+def gather_tokens(x_BND, ids_BK):
+    """x[b, ids[b, k]] for every b, k."""
+    return jnp.take_along_axis(x_BND, ids_BK[..., None], axis=1)

@@ -1,0 +1,245 @@
+"""One generic trainer: config → mesh → data → sharded model → jitted step → metrics + Orbax.
+
+The method lives in the model: ``model.loss(batch, rng) -> (loss, metrics)``, the class-level
+``TRAINABLE`` filter, and optionally ``model.ema_update(decay)``. Everything else is shared:
+log-mel front end on device, AdamW (no decay on 1-D params) with warmup + cosine, gradient
+clipping, EMA schedule, checkpoints with the grain iterator, automatic resume, SIGTERM handling,
+and a stop on non-finite loss that never checkpoints the bad state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from avpretrain import audio, checkpoint, config as config_lib, metrics as metrics_lib, models, sharding
+from avpretrain.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainState(nnx.Module):
+    def __init__(self, model, optimizer):
+        self.model, self.opt = model, optimizer
+
+
+# -- pieces shared with export, bench and evaluation ------------------------------------------
+def make_mesh(config):
+    return sharding.make_mesh(config.mesh)
+
+
+def create_train_state(config, mesh) -> TrainState:
+    """Model and optimizer, initialised directly on their shards (no full host copy)."""
+
+    def init():
+        model = models.create(config, nnx.Rngs(config.seed))
+        return TrainState(model, make_optimizer(config, model))
+
+    with sharding.mesh_rules(mesh, config.sharding_rules):
+        return nnx.jit(init)()
+
+
+def learning_rate(config):
+    peak = config.optim.base_lr * config.batch_size / 256
+    warmup = int(config.optim.warmup_fraction * config.total_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(config.total_steps, warmup + 1), 0.0)
+
+
+def make_optimizer(config, model):
+    o = config.optim
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
+    return nnx.Optimizer(model, tx, wrt=getattr(type(model), "TRAINABLE", nnx.Param))
+
+
+def ema_decay(config, step):
+    """Linear from ``ema.start`` to ``ema.end`` over training (M2D)."""
+    frac = jnp.clip(step / max(config.total_steps, 1), 0.0, 1.0)
+    return config.ema.start + (config.ema.end - config.ema.start) * frac
+
+
+def frontend(audio_BS, norm_stats):
+    """float waveforms [B, S] → normalised log-mel [B, 1, 80, T], on device."""
+    lms = audio.log_mel(audio_BS)
+    return audio.normalize(lms, *norm_stats)[:, None]
+
+
+def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
+    """config.data.norm_stats if given, else ``<workdir>/norm_stats.json``, else computed and saved."""
+    if config.data.norm_stats:
+        return tuple(float(v) for v in config.data.norm_stats)
+    path = pathlib.Path(workdir) / "norm_stats.json"
+    if path.exists():
+        stats = json.loads(path.read_text())
+        return stats["mean"], stats["std"]
+    mean, std = compute_norm_stats(config)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": mean, "std": std, "data_dir": config.data.dir}))
+    metrics_lib.log(f"normalisation statistics from random crops: mean={mean:.4f} std={std:.4f} -> {path}")
+    return mean, std
+
+
+def compute_norm_stats(config, num_batches: int | None = None) -> tuple[float, float]:
+    """Mean/std of the log-mel over random training crops (all processes contribute)."""
+    num_batches = num_batches or config.data.stats_batches
+    it = iter(pipeline.train_dataset(config, seed=config.seed + 7919))
+    lms_fn = jax.jit(lambda x: (audio.log_mel(x).mean(), (audio.log_mel(x) ** 2).mean()))
+    sums = np.zeros(2)
+    for _ in range(num_batches):
+        sums += np.array(jax.device_get(lms_fn(next(it)["audio"])))
+    sums = multihost_utils.process_allgather(sums).reshape(-1, 2).mean(0) / num_batches
+    return float(sums[0]), float(np.sqrt(max(sums[1] - sums[0] ** 2, 1e-12)))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    losses: dict  # step -> loss, for the steps this run logged
+    preempted: bool = False
+
+
+def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    ``stop_at`` ends this run early (checkpointing there) without changing the schedule.
+    """
+    workdir = pathlib.Path(workdir)
+    mesh = make_mesh(config)
+    rules = config.sharding_rules
+    if config.batch_size % sharding.data_parallel_size(mesh, rules):
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                         f"{sharding.data_parallel_size(mesh, rules)} data-parallel devices of {config.mesh}")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+    norm_stats = load_or_compute_norm_stats(config, workdir)
+
+    train_state = create_train_state(config, mesh)
+    model, optimizer = train_state.model, train_state.opt
+    graphdef, state = nnx.split(train_state)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    trainable = optimizer.wrt
+    has_ema = hasattr(model, "ema_update")
+    schedule = learning_rate(config)
+    base_key = jax.random.key(config.seed)
+    clip_seconds = pipeline.clip_samples(config) / config.data.sample_rate
+
+    def step_fn(state, batch, step):
+        ts = nnx.merge(graphdef, state)
+        rng = jax.random.fold_in(base_key, step)
+        batch = dict(batch, lms=frontend(batch["audio"], norm_stats))
+
+        def loss_fn(model):
+            return model.loss(batch, rng)
+
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)(ts.model)
+        ts.opt.update(ts.model, grads)
+        if has_ema:
+            ts.model.ema_update(ema_decay(config, step))
+        grad_norm = optax.global_norm(grads)
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), **aux,
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+        return nnx.state(ts), out
+
+    with sharding.mesh_rules(mesh, rules):
+        train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
+                             out_shardings=(state_sharding, None), donate_argnums=0)
+
+    data = pipeline.train_dataset(config)
+    iterator = iter(data)
+    mngr = checkpoint.manager(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+    start = mngr.latest_step() or 0
+    if start:
+        restored = checkpoint.restore(mngr, start, nnx.to_pure_dict(state), iterator)
+        nnx.replace_by_pure_dict(state, restored)
+        metrics_lib.log(f"resumed from {workdir / 'checkpoints'} at step {start}")
+
+    stop = stop_at if stop_at is not None else config.total_steps
+    writer = metrics_lib.MetricWriter(workdir, config.total_steps)
+    preempt = _SigtermFlag()
+    losses, pending, flags = {}, [], []
+    step, t_last, steps_timed = start, None, 0
+
+    def checkpoint_now(step, force):
+        _check_finite(flags, step)
+        flags.clear()
+        return checkpoint.save(mngr, step, nnx.to_pure_dict(state), iterator, force=force)
+
+    try:
+        while step < stop:
+            batch = pipeline.to_global(next(iterator), batch_sharding)
+            with sharding.mesh_rules(mesh, rules):
+                state, out = train_step(state, batch, jnp.asarray(step, jnp.int32))
+            step += 1
+            flags.append(out.pop("finite"))
+            pending.append((step, out))
+            if step % config.log_every == 0 or step == stop:
+                fetched = jax.device_get(pending)
+                _check_finite(flags, step)
+                now = time.time()
+                for s, m in fetched:
+                    losses[s] = float(m["loss"])
+                record = {k: float(v) for k, v in fetched[-1][1].items()}
+                if t_last is not None:
+                    dt = (now - t_last) / steps_timed
+                    record.update(step_time=dt, examples_per_s=config.batch_size / dt,
+                                  audio_hours_per_s=config.batch_size * clip_seconds / 3600 / dt)
+                writer.write(step, record)
+                pending.clear()
+                t_last, steps_timed = now, 0
+            steps_timed += 1
+            if preempt.synced(step):
+                metrics_lib.log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+                checkpoint_now(step, force=True)
+                mngr.wait_until_finished()
+                return TrainResult(step, losses, preempted=True)
+            if step % config.checkpoint_every == 0 or step == stop:
+                checkpoint_now(step, force=step == stop)
+        mngr.wait_until_finished()
+    finally:
+        preempt.restore()
+        writer.close()
+        mngr.close()
+    return TrainResult(step, losses)
+
+
+def _check_finite(flags, step):
+    if flags and not bool(np.all(jax.device_get(flags))):
+        raise NonFiniteLossError(f"non-finite loss or gradient by step {step}: stopping without "
+                                 "checkpointing this state (lower optim.base_lr, check the data, or "
+                                 "resume from the last good checkpoint)")
+
+
+class _SigtermFlag:
+    """SIGTERM sets a flag; processes agree on it so that all of them save the same step."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.flag = True
+
+    def synced(self, step) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)

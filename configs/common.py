@@ -1,0 +1,33 @@
+"""Defaults shared by every config: mesh, sharding rules, logging and checkpoint cadence."""
+import ml_collections
+
+from avpretrain import sharding
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000
+    c.batch_size = 256            # global, over all processes
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.mesh = sharding.DEFAULT_MESH
+    c.sharding_rules = sharding.DEFAULT_RULES
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""               # a directory built by `avpretrain data build ...`
+    c.data.split = "train"
+    c.data.sample_rate = 16000
+    c.data.num_workers = 0        # grain worker processes per host (use 8–32 on real hosts)
+    c.data.norm_stats = ()        # (mean, std); empty: read <workdir>/norm_stats.json or compute it
+    c.data.stats_batches = 20
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.base_lr = 3e-4        # per 256 examples: lr = base_lr · batch_size / 256
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.weight_decay = 0.05   # not on biases / norms / 1-D params
+    c.optim.warmup_fraction = 20 / 300
+    c.optim.grad_clip = 3.0
+    return c

@@ -1,0 +1,216 @@
+"""TFDS builder for a user's folder of audio files.
+
+Two layouts of SOURCE:
+  * class folders: SOURCE/<class>/**/*.{wav,flac,ogg,mp3}; the folder name is the label;
+  * SOURCE/manifest.csv with columns path,label and optional speaker,caption,split
+    (paths relative to SOURCE; split in train/validation/test, or val/valid/dev).
+
+Without a split column the split is a seeded, per-class stratified shuffle (default 80/10/10).
+Each file is decoded once, resampled to `sample_rate` mono and validated; unusable files are
+skipped and listed with their reason in DATA_DIR/build_report.json.
+
+    python -m data_pipelines.audio_folder SOURCE --out DATA_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import common
+
+MANIFEST = 'manifest.csv'
+SPLIT_NAMES = {
+    'train': 'train',
+    'validation': 'validation', 'val': 'validation', 'valid': 'validation', 'dev': 'validation',
+    'test': 'test',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    id: str  # path relative to SOURCE, as listed
+    path: pathlib.Path
+    label: str
+    speaker: str = ''
+    caption: str = ''
+    split: str | None = None  # from the manifest; None: assigned by the seeded split
+
+
+def list_class_folders(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Audio files under SOURCE/<class>/ (recursively), plus stray audio files at the top level."""
+    entries, skipped = [], []
+    for item in sorted(source.iterdir()):
+        if item.name.startswith('.'):
+            continue
+        if item.is_file() and item.suffix.lower() in common.AUDIO_SUFFIXES:
+            skipped.append((str(item), 'not inside a class folder'))
+        elif item.is_dir():
+            for path in sorted(item.rglob('*')):
+                if path.suffix.lower() in common.AUDIO_SUFFIXES and not path.is_dir():
+                    entries.append(Entry(path.relative_to(source).as_posix(), path, item.name))
+    return entries, skipped
+
+
+def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Rows of SOURCE/manifest.csv; a repeated path is skipped, malformed rows raise ValueError."""
+    manifest = source / MANIFEST
+    entries, skipped, first_row = [], [], {}
+    with open(manifest, newline='', encoding='utf-8-sig') as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = {'path', 'label'} - set(columns)
+        if missing:
+            raise ValueError(
+                f'{manifest}: missing required column(s) {sorted(missing)}; has {columns}'
+            )
+        reader.fieldnames = columns
+        has_split = 'split' in columns
+        for row in reader:
+            where = f'{manifest}, row {reader.line_num}'
+            rel, label = (row['path'] or '').strip(), (row['label'] or '').strip()
+            if not rel or not label:
+                raise ValueError(f'{where}: empty path or label ({row})')
+            split = None
+            if has_split:
+                value = (row['split'] or '').strip()
+                split = SPLIT_NAMES.get(value.lower())
+                if split is None:
+                    raise ValueError(
+                        f'{where}: unknown split value {value!r}; use one of {sorted(SPLIT_NAMES)}'
+                    )
+            if rel in first_row:
+                reason = f'duplicate manifest entry (first at row {first_row[rel]})'
+                skipped.append((str(source / rel), reason))
+                continue
+            first_row[rel] = reader.line_num
+            entries.append(Entry(
+                rel, source / rel, label,
+                (row.get('speaker') or '').strip(), (row.get('caption') or '').strip(), split,
+            ))
+    return entries, skipped
+
+
+def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+    source = pathlib.Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f'audio source folder not found: {source}')
+    if (source / MANIFEST).is_file():
+        entries, skipped = read_manifest(source)
+    else:
+        entries, skipped = list_class_folders(source)
+    if not entries:
+        raise ValueError(
+            f'no audio files in {source}: expected {MANIFEST} or class sub-folders holding '
+            f'{"/".join(common.AUDIO_SUFFIXES)} files'
+        )
+    return entries, skipped
+
+
+class AudioFolder(common.AudioBuilder, skip_registration=True):
+    """A folder of labelled audio as a TFDS dataset (see the module docstring)."""
+
+    VERSION = tfds.core.Version('1.0.0')
+
+    def __init__(
+        self, *, source: str, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
+        test_fraction: float = 0.1, min_seconds: float = 0.5, num_workers: int | None = None,
+        **kwargs,
+    ):
+        self.source = pathlib.Path(source)
+        self.sample_rate, self.seed, self.min_seconds = sample_rate, seed, min_seconds
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.num_workers = num_workers or os.cpu_count()
+        self.entries, self.skipped = list_source(self.source)
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f'Audio files from {self.source}.',
+            features=common.audio_features(sorted({e.label for e in self.entries})),
+            metadata=tfds.core.MetadataDict(
+                sample_rate=self.sample_rate, source=str(self.source.resolve()), seed=self.seed,
+                val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                min_seconds=self.min_seconds,
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        # Decode every file once (in threads: libsndfile and soxr release the GIL), keep the
+        # int16 result in scratch space so memory stays flat, then split the usable ones.
+        scratch = pathlib.Path(dl_manager.download_dir) / 'decoded'
+        scratch.mkdir(parents=True, exist_ok=True)
+
+        def decode(i_entry):
+            i, entry = i_entry
+            x, reason = common.read_checked(entry.path, self.sample_rate, self.min_seconds)
+            if reason is None:
+                np.save(scratch / f'{i}.npy', common.to_int16(x))
+            return reason
+
+        with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
+            reasons = list(tfds.core.utils.tqdm(
+                pool.map(decode, enumerate(self.entries)), total=len(self.entries),
+                desc='Decoding', unit=' files', leave=False,
+            ))
+        usable = []
+        for i, (entry, reason) in enumerate(zip(self.entries, reasons)):
+            if reason is None:
+                usable.append((i, entry))
+            else:
+                self.skipped.append((str(entry.path), reason))
+        if not usable:
+            raise ValueError(
+                f'no usable audio in {self.source}: all {len(self.entries)} files skipped'
+            )
+
+        usable.sort(key=lambda ie: ie[1].id)
+        seeded = common.stratified_split(
+            [e.label for _, e in usable], self.seed, self.val_fraction, self.test_fraction
+        )
+        by_split = {s: [] for s in common.SPLITS}
+        for (i, entry), split in zip(usable, seeded):
+            by_split[entry.split or split].append((scratch / f'{i}.npy', entry))
+        return {s: self._generate_examples(items) for s, items in by_split.items() if items}
+
+    def _generate_examples(self, items):
+        for npy, entry in items:
+            yield entry.id, common.example(
+                entry.id, np.load(npy), entry.label, entry.speaker, entry.caption
+            )
+
+
+def build(
+    source: str, out: str, *, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
+    test_fraction: float = 0.1, min_seconds: float = 0.5, num_workers: int | None = None,
+) -> common.BuildReport:
+    """Builds the audio in `source` into a TFDS dataset in DATA_DIR `out`; see the module doc."""
+    return common.prepare_dataset(
+        AudioFolder, out, source=source, sample_rate=sample_rate, seed=seed,
+        val_fraction=val_fraction, test_fraction=test_fraction, min_seconds=min_seconds,
+        num_workers=num_workers,
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('source', help='folder of class sub-folders, or holding manifest.csv')
+    parser.add_argument('--out', required=True, help='DATA_DIR to write the dataset into')
+    parser.add_argument('--sample_rate', type=int, default=16000)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--val_fraction', type=float, default=0.1)
+    parser.add_argument('--test_fraction', type=float, default=0.1)
+    parser.add_argument('--min_seconds', type=float, default=0.5)
+    parser.add_argument('--num_workers', type=int, default=None)
+    print('\n'.join(build(**vars(parser.parse_args(argv))).summary_lines()))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,216 @@
+"""Pieces shared by the dataset builders: decoding, validation, splits, features, build report.
+
+Every builder writes one TFDS dataset (ArrayRecord files) into DATA_DIR with the features of
+`audio_features` and a `sample_rate` entry in its metadata, plus `DATA_DIR/build_report.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pathlib
+import shutil
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import soundfile as sf
+import soxr
+import tensorflow_datasets as tfds
+from etils import epath
+
+SPLITS = ('train', 'validation', 'test')
+AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.mp3')
+REPORT_NAME = 'build_report.json'
+
+
+# ----------------------------------------------------------------------------- audio
+
+def load_audio(path: str | pathlib.Path, target_sr: int) -> np.ndarray:
+    """Decodes WAV/FLAC/OGG/MP3 to float32 mono at `target_sr` (channels averaged, soxr HQ)."""
+    try:
+        x_TC, sr = sf.read(path, dtype='float32', always_2d=True)
+    except Exception as sf_error:  # libsndfile could not decode it: let librosa/audioread try.
+        import librosa
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                x, sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
+        except Exception:
+            raise sf_error from None
+        x_TC = np.atleast_2d(x).T
+    x = x_TC.mean(axis=1, dtype=np.float32)
+    if sr != target_sr and x.size:
+        x = soxr.resample(x, sr, target_sr, quality='HQ').astype(np.float32)
+    return x
+
+
+def audio_problem(x: np.ndarray, sample_rate: int, min_seconds: float) -> str | None:
+    """Why decoded audio `x` is unusable, or None when it is fine."""
+    if x.size == 0:
+        return 'empty: no samples'
+    if not np.all(np.isfinite(x)):
+        return 'non-finite samples (NaN or inf)'
+    if x.size < min_seconds * sample_rate:
+        return f'too short: {x.size / sample_rate:.2f} s < {min_seconds} s'
+    if np.max(np.abs(x)) < 1 / 32768:
+        return 'silent: all samples round to zero'
+    return None
+
+
+def read_checked(
+    path: pathlib.Path, sample_rate: int, min_seconds: float
+) -> tuple[np.ndarray | None, str | None]:
+    """Decodes and validates one file: (audio, None) when usable, else (None, reason)."""
+    if not path.is_file():
+        return None, 'missing'
+    if path.stat().st_size == 0:
+        return None, 'empty: 0-byte file'
+    try:
+        x = load_audio(path, sample_rate)
+    except Exception as e:
+        return None, f'unreadable: {type(e).__name__}: {e}'
+    reason = audio_problem(x, sample_rate, min_seconds)
+    return (None, reason) if reason else (x, None)
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """float in [-1, 1] -> int16 PCM; out-of-range samples are clipped."""
+    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+
+
+# ----------------------------------------------------------------------------- splits
+
+def stratified_split(
+    labels: Sequence[str], seed: int, val_fraction: float, test_fraction: float
+) -> list[str]:
+    """Split name for each item: a seeded shuffle per label, then validation, test, rest train.
+
+    Depends only on (seed, the labels, the items' order), so pass items in a canonical
+    order (e.g. sorted ids). A label with >= 3 items gets at least one item in each split
+    whose fraction is > 0.
+    """
+    splits = ['train'] * len(labels)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for label, items in by_label.items():
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        order = [items[j] for j in rng.permutation(len(items))]
+        n = len(order)
+        n_val, n_test = (
+            max(int(n >= 3 and f > 0), round(n * f)) for f in (val_fraction, test_fraction)
+        )
+        for i in order[:n_val]:
+            splits[i] = 'validation'
+        for i in order[n_val:n_val + n_test]:
+            splits[i] = 'test'
+    return splits
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+def audio_features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
+    """The storage contract shared by all builders."""
+    return tfds.features.FeaturesDict({
+        'id': tfds.features.Text(),
+        # Raw little-endian bytes on disk: the default encoding widens int16 to int64 varints
+        # (3x larger, 8x slower to write). Reads back as an int16 array all the same.
+        'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding='bytes'),
+        'label': tfds.features.ClassLabel(names=list(label_names)),
+        'speaker': tfds.features.Text(),
+        'caption': tfds.features.Text(),
+    })
+
+
+def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', caption: str = ''):
+    return {'id': id_, 'audio': audio, 'label': label, 'speaker': speaker, 'caption': caption}
+
+
+class AudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the builders here; each lists what it skipped in `self.skipped` (path, reason)."""
+
+    skipped: list[tuple[str, str]]
+
+    # TFDS 4.9.10 looks a builder's source file up through `importlib_resources`, a package it
+    # only installs on Python < 3.9; this is the path TFDS falls back to anyway.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(inspect.getfile(cls))
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What a build produced and what it skipped (never silently)."""
+
+    dataset_dir: str = ''
+    sample_rate: int = 0
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def num_built(self) -> int:
+        return sum(self.counts.values())
+
+    def summary_lines(self) -> list[str]:
+        lines = [f'skipped {path}: {reason}' for path, reason in self.skipped]
+        lines.append(f'dataset {self.dataset_dir} ({self.sample_rate} Hz, {self.seconds:.1f} s)')
+        lines += [f'  {split}: {n} examples' for split, n in self.counts.items()]
+        lines.append(f'built {self.num_built} examples, skipped {len(self.skipped)}')
+        return lines
+
+    def write(self, path: str | pathlib.Path) -> None:
+        report = dataclasses.asdict(self) | {'num_built': self.num_built}
+        report['skipped'] = [{'path': p, 'reason': r} for p, r in self.skipped]
+        pathlib.Path(path).write_text(json.dumps(report, indent=2) + '\n')
+
+    @classmethod
+    def read(cls, path: str | pathlib.Path) -> BuildReport:
+        report = json.loads(pathlib.Path(path).read_text())
+        del report['num_built']
+        report['skipped'] = [(s['path'], s['reason']) for s in report['skipped']]
+        return cls(**report)
+
+
+def prepare_dataset(
+    builder_cls: type[AudioBuilder], out: str | pathlib.Path, **builder_kwargs
+) -> BuildReport:
+    """Builds `builder_cls(data_dir=out, file_format='array_record', **builder_kwargs)`.
+
+    Replaces an earlier build of the same dataset in `out`, refuses to put a second, different
+    dataset next to an existing one (readers expect one per DATA_DIR), writes
+    `out/build_report.json`. Callers print `report.summary_lines()`.
+    """
+    start = time.perf_counter()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset_root = out / builder_cls.name
+    others = [p.parent for p in out.rglob('dataset_info.json') if dataset_root not in p.parents]
+    if others:
+        raise ValueError(
+            f'{out} already holds another dataset ({", ".join(map(str, others))}); '
+            'build into an empty directory.'
+        )
+    if dataset_root.exists():
+        shutil.rmtree(dataset_root)
+    builder = builder_cls(data_dir=str(out), file_format='array_record', **builder_kwargs)
+    # Scratch space (TFDS's download dir, decoded audio) lives under `out`, not in /tmp,
+    # and goes away after the build.
+    with tempfile.TemporaryDirectory(dir=out, prefix='.build-') as scratch:
+        builder.download_and_prepare(download_dir=scratch)
+    splits = builder.info.splits
+    report = BuildReport(
+        dataset_dir=str(builder.data_dir),
+        sample_rate=int(builder.info.metadata['sample_rate']),
+        counts={s: splits[s].num_examples if s in splits else 0 for s in SPLITS},
+        skipped=list(builder.skipped),
+        seconds=time.perf_counter() - start,
+    )
+    report.write(out / REPORT_NAME)
+    return report
