@@ -45,13 +45,19 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=N
 
 
 def restore_params(directory, like_params: dict, step: int | None = None) -> dict:
-    """Just the model params of a training checkpoint (export, stage-2 initialisation)."""
-    mngr = manager(directory, async_save=False)
+    """Just the model params of a training checkpoint (export, stage-2 initialisation).
+
+    StandardRestore cannot restore a subtree, so the same files are read with the PyTree handler,
+    onto the shardings of ``like_params``.
+    """
+    mngr = ocp.CheckpointManager(epath.Path(directory).absolute(),
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {directory}")
     abstract = {"model": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)}
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))["state"]
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)))["state"]
     mngr.close()
     return restored["model"]

@@ -23,9 +23,9 @@ from avpretrain import audio, checkpoint, config as config_lib, models, sharding
 
 
 def _encoder_model(config, mesh, seed: int | None = None):
-    with sharding.mesh_rules(mesh, config.sharding_rules):
-        rngs = nnx.Rngs(config.seed if seed is None else seed)
-        return nnx.jit(lambda: models.create(config, rngs, encoder_only=True))()
+    seed = config.seed if seed is None else seed
+    with sharding.mesh_rules(mesh, config.sharding_rules):  # Rngs made inside the trace (mutated there)
+        return nnx.jit(lambda: models.create(config, nnx.Rngs(seed), encoder_only=True))()
 
 
 def _single_device_mesh():
@@ -110,7 +110,7 @@ class PretrainedEncoder:
         waves = self._prepare(waveforms, sample_rate, lengths)
         cols = [max(1, audio.num_frames(len(w)) // self.patch) for w in waves]
         chunk_samples = self.input_frames * 160
-        n_chunks = max(-(-audio.num_frames(len(w)) // self.input_frames) for w in waves)
+        n_chunks = max(max(1, -(-len(w) // chunk_samples)) for w in waves)
         outs = []
         for start in range(0, len(waves), batch_size):
             batch = np.zeros((batch_size, n_chunks * chunk_samples), np.float32)

@@ -105,6 +105,41 @@ def compute_norm_stats(config, num_batches: int | None = None) -> tuple[float, f
     return float(sums[0]), float(np.sqrt(max(sums[1] - sums[0] ** 2, 1e-12)))
 
 
+def make_train_step(config, mesh, graphdef, state, norm_stats):
+    """The jitted step ``(state, {'audio': [B, S]}, step) -> (state, metrics)`` and its shardings.
+
+    Front end → ``model.loss`` → grads of the trainable params → AdamW → EMA update, on device;
+    the state is donated and keeps its shardings.
+    """
+    rules = config.sharding_rules
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    schedule = learning_rate(config)
+    base_key = jax.random.key(config.seed)
+
+    def step_fn(state, batch, step):
+        ts = nnx.merge(graphdef, state)
+        rng = jax.random.fold_in(base_key, step)
+        batch = dict(batch, lms=frontend(batch["audio"], norm_stats))
+
+        def loss_fn(model):
+            return model.loss(batch, rng)
+
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.opt.wrt), has_aux=True)(ts.model)
+        ts.opt.update(ts.model, grads)
+        if hasattr(ts.model, "ema_update"):
+            ts.model.ema_update(ema_decay(config, step))
+        grad_norm = optax.tree.norm(grads)
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), **aux,
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+        return nnx.state(ts), out
+
+    with sharding.mesh_rules(mesh, rules):
+        jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
+                         out_shardings=(state_sharding, None), donate_argnums=0)
+    return jitted, state_sharding, batch_sharding
+
+
 # -- the loop -----------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
@@ -130,36 +165,9 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
     norm_stats = load_or_compute_norm_stats(config, workdir)
 
     train_state = create_train_state(config, mesh)
-    model, optimizer = train_state.model, train_state.opt
     graphdef, state = nnx.split(train_state)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    trainable = optimizer.wrt
-    has_ema = hasattr(model, "ema_update")
-    schedule = learning_rate(config)
-    base_key = jax.random.key(config.seed)
+    train_step, _, batch_sharding = make_train_step(config, mesh, graphdef, state, norm_stats)
     clip_seconds = pipeline.clip_samples(config) / config.data.sample_rate
-
-    def step_fn(state, batch, step):
-        ts = nnx.merge(graphdef, state)
-        rng = jax.random.fold_in(base_key, step)
-        batch = dict(batch, lms=frontend(batch["audio"], norm_stats))
-
-        def loss_fn(model):
-            return model.loss(batch, rng)
-
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)(ts.model)
-        ts.opt.update(ts.model, grads)
-        if has_ema:
-            ts.model.ema_update(ema_decay(config, step))
-        grad_norm = optax.global_norm(grads)
-        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), **aux,
-               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-        return nnx.state(ts), out
-
-    with sharding.mesh_rules(mesh, rules):
-        train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
-                             out_shardings=(state_sharding, None), donate_argnums=0)
 
     data = pipeline.train_dataset(config)
     iterator = iter(data)

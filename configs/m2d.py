@@ -15,11 +15,14 @@ Sweep (printed, or run one after another with --run)::
 import ml_collections
 
 from avpretrain.config import parse_arg
+from avpretrain.models.m2d import SIZES
 from configs.common import base_config
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, size="base", runlocal=False)
+    if arg.size not in SIZES:
+        raise ValueError(f"configs/m2d.py: unknown size {arg.size!r}; choose one of {sorted(SIZES)}")
     c = base_config()
     c.method = "m2d"
     c.total_steps = 293_000

@@ -14,6 +14,9 @@ import tensorflow_datasets as tfds
 
 def find_dataset_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
     """The directory holding the single dataset_info.json at or under `data_dir`."""
+    if not str(data_dir):
+        raise ValueError('no dataset directory given (config.data.dir is empty): build one with '
+                         '`avpretrain data build demo|audio_folder --out DIR` and pass --config.data.dir=DIR')
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f'dataset directory does not exist: {data_dir}')
@@ -27,7 +30,7 @@ def find_dataset_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
     if not found:
         raise FileNotFoundError(
             f'no prepared dataset (dataset_info.json) under {data_dir}; build one with '
-            '`python -m data_pipelines.demo --out DIR` or `python -m data_pipelines.audio_folder`'
+            '`avpretrain data build demo|audio_folder --out DIR`'
         )
     if len(found) > 1:
         raise ValueError(

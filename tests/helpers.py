@@ -1,0 +1,34 @@
+"""Shared test fixtures' building blocks: a tiny demo dataset and a tiny M2D config."""
+from __future__ import annotations
+
+import pathlib
+
+TINY_CONFIG = "configs/m2d.py:size=tiny,runlocal"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_dataset(out, num_clips: int = 40, seed: int = 0) -> str:
+    """Builds the procedural demo corpus (train/validation/test) into ``out``; returns it as a str."""
+    from data_pipelines import demo
+
+    demo.build(str(out), num_clips=num_clips, seed=seed)
+    return str(out)
+
+
+def tiny_overrides(data_dir, **extra) -> dict:
+    """Overrides that make ``TINY_CONFIG`` a seconds-long run on CPU (4 steps of batch 8)."""
+    overrides = {
+        "model.width": 64, "model.depth": 2, "model.num_heads": 4,
+        "model.pred_width": 32, "model.pred_depth": 1, "model.pred_heads": 2,
+        "total_steps": 4, "batch_size": 8, "checkpoint_every": 4, "log_every": 2,
+        "data.dir": str(data_dir), "data.stats_batches": 1,
+    }
+    overrides.update(extra)
+    return overrides
+
+
+def tiny_config(data_dir, **extra):
+    """The locked tiny config (``TINY_CONFIG`` + ``tiny_overrides``)."""
+    from avpretrain import config as config_lib
+
+    return config_lib.load_config(str(REPO / TINY_CONFIG), tiny_overrides(data_dir, **extra))
