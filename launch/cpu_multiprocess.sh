@@ -5,9 +5,11 @@
 #   launch/cpu_multiprocess.sh NUM_PROCESSES DEVICES_PER_PROCESS CONFIG WORKDIR [overrides...]
 #   launch/cpu_multiprocess.sh 2 4 configs/m2d.py:size=tiny,runlocal /tmp/m2d_mp --config.data.dir=DATA
 #
-# Process i logs to WORKDIR/logs/process_<i>.log (process 0 also to stdout). SIGTERM/SIGINT are
-# forwarded to every process (they agree on a step, checkpoint and exit); the exit status is
-# non-zero if any process failed. Uses .venv/bin/avpretrain when present (override with AVP=...).
+# Process i logs to WORKDIR/logs/process_<i>.log (process 0 also to stdout). A SIGTERM or SIGINT
+# (Ctrl-C) reaches every process as SIGTERM: they agree on a step, checkpoint it and exit 0; a second
+# signal sends SIGKILL. If a process fails, the others are stopped (SIGTERM, then SIGKILL after
+# KILL_AFTER=20 s) and the exit status is 1, with the tail of each failed process's log.
+# Uses .venv/bin/avpretrain when present (override with AVP=...). Re-running resumes.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

@@ -4,32 +4,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avpretrain import checkpoint, config as config_lib, train
+from avpretrain import checkpoint, train
+from helpers import tiny_config, tiny_dataset
 
-CONFIG = "configs/m2d.py:size=tiny,runlocal"
 DATA_PARALLEL = (("data", 8), ("fsdp", 1), ("tensor", 1))
 FSDP = (("data", 2), ("fsdp", 4), ("tensor", 1))
 
 
-def tiny_overrides(data_dir, **extra):
-    overrides = {"model.width": 64, "model.depth": 2, "model.num_heads": 4, "model.pred_width": 32,
-                 "model.pred_depth": 1, "model.pred_heads": 2, "batch_size": 8, "total_steps": 6,
-                 "log_every": 1, "checkpoint_every": 3, "data.dir": str(data_dir), "data.stats_batches": 1}
-    return [f"{k}={v}" for k, v in {**overrides, **extra}.items()]
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from data_pipelines import demo
-
-    out = tmp_path_factory.mktemp("mesh_restore_data")
-    demo.build(str(out), num_clips=40, seed=0)
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("mesh_restore_data"))
 
 
 def _config(data_dir, mesh):
     # Fixed normalisation statistics: no statistics pass in each fresh workdir.
-    return config_lib.load_config(CONFIG, tiny_overrides(data_dir, mesh=repr(mesh), **{"data.norm_stats": (-7.1, 4.2)}))
+    return tiny_config(data_dir, mesh=mesh, total_steps=6, log_every=1, checkpoint_every=3,
+                       **{"data.norm_stats": (-7.1, 4.2)})
 
 
 def test_resume_on_fsdp_mesh_matches_uninterrupted_run(data_dir, tmp_path, capsys):
