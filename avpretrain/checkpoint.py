@@ -7,6 +7,7 @@ different mesh or process count. The per-step RNG is ``fold_in(seed, step)``: no
 from __future__ import annotations
 
 import grain
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -15,9 +16,12 @@ from orbax.checkpoint import type_handlers
 # Replica-parallel saving (hosts write slices of replicated arrays cooperatively) jit-compiles a
 # slice per array per save: worth it for large arrays on pods, pure overhead for small ones.
 MIN_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
+_verbosity = logging.get_verbosity()
+logging.set_verbosity(logging.ERROR)  # Orbax warns about every override
 type_handlers.register_type_handler(
     jax.Array, type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_BYTES_FOR_REPLICA_PARALLEL),
     override=True)
+logging.set_verbosity(_verbosity)
 
 
 def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = True) -> ocp.CheckpointManager:

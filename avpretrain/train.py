@@ -22,7 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from avpretrain import audio, checkpoint, config as config_lib, metrics as metrics_lib, models, sharding
-from avpretrain.data import pipeline
+from avpretrain.data import pipeline, source as source_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,12 +153,20 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
 
     ``stop_at`` ends this run early (checkpointing there) without changing the schedule.
     """
-    workdir = pathlib.Path(workdir)
+    preempt = _SigtermFlag()  # first: a SIGTERM during start-up or compilation is not lost
+    try:
+        return _train(config, pathlib.Path(workdir), stop_at, preempt)
+    finally:
+        preempt.restore()
+
+
+def _train(config, workdir, stop_at, preempt) -> TrainResult:
     mesh = make_mesh(config)
     rules = config.sharding_rules
     if config.batch_size % sharding.data_parallel_size(mesh, rules):
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
                          f"{sharding.data_parallel_size(mesh, rules)} data-parallel devices of {config.mesh}")
+    source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config))
@@ -180,7 +188,6 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
 
     stop = stop_at if stop_at is not None else config.total_steps
     writer = metrics_lib.MetricWriter(workdir, config.total_steps)
-    preempt = _SigtermFlag()
     losses, pending, flags = {}, [], []
     step, t_last, steps_timed = start, None, 0
 
@@ -221,7 +228,6 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
                 checkpoint_now(step, force=step == stop)
         mngr.wait_until_finished()
     finally:
-        preempt.restore()
         writer.close()
         mngr.close()
     return TrainResult(step, losses)
@@ -235,19 +241,26 @@ def _check_finite(flags, step):
 
 
 class _SigtermFlag:
-    """SIGTERM sets a flag; processes agree on it so that all of them save the same step."""
+    """SIGTERM: every process saves the same step and exits.
+
+    Multi-process: ``jax.distributed.initialize()`` installed JAX's SIGTERM notifier, and its
+    coordination service agrees on a step (no device collective, no host sync per step).
+    Single process: a Python handler sets a flag.
+    """
 
     def __init__(self):
+        self.distributed = jax.distributed.is_initialized()
         self.flag = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.previous = None if self.distributed else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, *_):
         self.flag = True
 
     def synced(self, step) -> bool:
-        if jax.process_count() == 1:
-            return self.flag
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
+        if self.distributed:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

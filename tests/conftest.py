@@ -17,3 +17,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The tiny procedural demo dataset (40 clips), built once per test process."""
+    from helpers import tiny_dataset
+
+    return tiny_dataset(tmp_path_factory.mktemp("tiny_data"))

@@ -2,12 +2,12 @@
 import pytest
 
 from avpretrain import bench
-from helpers import tiny_config, tiny_dataset
+from helpers import tiny_config
 
 
 @pytest.mark.xdist_group("tiny_m2d_bench")
-def test_bench_reports_step_flops_mfu_and_pipeline(tmp_path, capsys):
-    config = tiny_config(tiny_dataset(tmp_path / "data"))
+def test_bench_reports_step_flops_mfu_and_pipeline(data_dir, capsys):
+    config = tiny_config(data_dir)
     r = bench.run(config, steps=2, warmup=1, peak_tflops=1.0, data_batches=2)
 
     assert r["step_time_s"] > 0 and r["compile_s"] > 0 and r["examples_per_s"] > 0

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from avpretrain import checkpoint, export, hear, train
-from helpers import tiny_config, tiny_dataset
+from helpers import tiny_config
 
 pytestmark = pytest.mark.xdist_group("tiny_m2d_export")
 SR = 16000
@@ -14,10 +14,10 @@ ENCODER_ONLY = ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, data_dir):
     """(config, workdir, exported dir, encoder) of a 4-step tiny M2D run."""
     tmp = tmp_path_factory.mktemp("export")
-    config = tiny_config(tiny_dataset(tmp / "data"))
+    config = tiny_config(data_dir)
     train.train(config, str(tmp / "work"))
     out = export.export(str(tmp / "work"), str(tmp / "encoder"))
     return config, tmp / "work", out, export.load_pretrained(str(out))

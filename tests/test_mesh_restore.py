@@ -5,15 +5,10 @@ import pytest
 from flax import nnx
 
 from avpretrain import checkpoint, train
-from helpers import tiny_config, tiny_dataset
+from helpers import tiny_config
 
 DATA_PARALLEL = (("data", 8), ("fsdp", 1), ("tensor", 1))
 FSDP = (("data", 2), ("fsdp", 4), ("tensor", 1))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("mesh_restore_data"))
 
 
 def _config(data_dir, mesh):

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from avpretrain import checkpoint, train
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_dataset, tiny_overrides
+from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("multiprocess")]
 
@@ -25,11 +25,6 @@ LAUNCH_TIMEOUT_S = 420
 
 def _overrides(data_dir):
     return tiny_overrides(data_dir, total_steps=6, log_every=1, checkpoint_every=3)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("multiprocess_data"))
 
 
 @pytest.fixture(scope="module")

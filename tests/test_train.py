@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from avpretrain import cli, sharding, train
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_dataset, tiny_overrides
+from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
 
 STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass in these tests
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("data"))
 
 
 def test_eight_devices_equal_one_device(data_dir, tmp_path, monkeypatch):
