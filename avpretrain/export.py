@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from avpretrain import audio, checkpoint, config as config_lib, models, sharding
+from avpretrain import audio, checkpoint, config as config_lib, models, sharding, train
 
 
 def _encoder_model(config, mesh, seed: int | None = None):
@@ -39,14 +39,10 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     if not config_file.exists():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
     config = config_lib.from_json(config_file.read_text())
-    stats_file = workdir / "norm_stats.json"
-    if config.data.norm_stats:
-        mean, std = config.data.norm_stats
-    elif stats_file.exists():
-        stats = json.loads(stats_file.read_text())
-        mean, std = stats["mean"], stats["std"]
-    else:
-        raise FileNotFoundError(f"{stats_file} not found and config.data.norm_stats is empty")
+    stats = train.stored_norm_stats(config, workdir)
+    if stats is None:
+        raise FileNotFoundError(f"{workdir / 'norm_stats.json'} not found and config.data.norm_stats is empty")
+    mean, std = stats
     model = _encoder_model(config, _single_device_mesh())
     params = checkpoint.restore_params(workdir / "checkpoints", nnx.to_pure_dict(nnx.state(model)), step)
     out.mkdir(parents=True, exist_ok=True)

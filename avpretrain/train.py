@@ -77,14 +77,23 @@ def frontend(audio_BS, norm_stats):
     return audio.normalize(lms, *norm_stats)[:, None]
 
 
-def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
-    """config.data.norm_stats if given, else ``<workdir>/norm_stats.json``, else computed and saved."""
+def stored_norm_stats(config, workdir) -> tuple[float, float] | None:
+    """config.data.norm_stats if given, else ``<workdir>/norm_stats.json`` if present, else None."""
     if config.data.norm_stats:
         return tuple(float(v) for v in config.data.norm_stats)
     path = pathlib.Path(workdir) / "norm_stats.json"
     if path.exists():
         stats = json.loads(path.read_text())
-        return stats["mean"], stats["std"]
+        return float(stats["mean"]), float(stats["std"])
+    return None
+
+
+def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
+    """The stored statistics (see ``stored_norm_stats``), else computed and saved in the workdir."""
+    stored = stored_norm_stats(config, workdir)
+    if stored is not None:
+        return stored
+    path = pathlib.Path(workdir) / "norm_stats.json"
     mean, std = compute_norm_stats(config)
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +202,6 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
 
     def checkpoint_now(step, force):
         _check_finite(flags, step)
-        flags.clear()
         return checkpoint.save(mngr, step, nnx.to_pure_dict(state), iterator, force=force)
 
     try:
@@ -234,7 +242,10 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
 
 
 def _check_finite(flags, step):
-    if flags and not bool(np.all(jax.device_get(flags))):
+    """Raises if any step since the last check had a non-finite loss or gradient; clears ``flags``."""
+    ok = not flags or bool(np.all(jax.device_get(flags)))
+    flags.clear()
+    if not ok:
         raise NonFiniteLossError(f"non-finite loss or gradient by step {step}: stopping without "
                                  "checkpointing this state (lower optim.base_lr, check the data, or "
                                  "resume from the last good checkpoint)")

@@ -11,7 +11,7 @@
 # KILL_AFTER=20 s) and the exit status is 1, with the tail of each failed process's log.
 # Uses .venv/bin/avpretrain when present (override with AVP=...). Re-running resumes.
 set -uo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS CONFIG WORKDIR [overrides...]" >&2
@@ -23,20 +23,11 @@ NUM=$1 DEVICES=$2 CONFIG=$3 WORKDIR=$4
 shift 4
 [[ "$NUM" =~ ^[1-9][0-9]*$ && "$DEVICES" =~ ^[1-9][0-9]*$ ]] || usage
 
-if [ -z "${AVP:-}" ]; then
-  if [ -x "$REPO/.venv/bin/avpretrain" ]; then AVP="$REPO/.venv/bin/avpretrain"
-  elif command -v avpretrain >/dev/null; then AVP=avpretrain
-  else echo "error: no avpretrain (neither $REPO/.venv/bin/avpretrain nor on PATH); run 'make venv'" >&2; exit 2
-  fi
-fi
 PYTHON=python3
 [ -x "$REPO/.venv/bin/python" ] && PYTHON="$REPO/.venv/bin/python"
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || exit 1
 
-# A config path relative to the repository works from any directory.
-CONFIG_FILE=${CONFIG%%:*}
-if [ ! -f "$CONFIG_FILE" ] && [ -f "$REPO/$CONFIG_FILE" ]; then CONFIG="$REPO/$CONFIG"; fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+CONFIG=$(resolve_config "$CONFIG")
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 mkdir -p "$WORKDIR/logs" || exit 1
 echo "cpu_multiprocess: $NUM processes x $DEVICES devices, coordinator 127.0.0.1:$PORT, logs in $WORKDIR/logs/"
