@@ -110,7 +110,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str] | di
         try:
             node[leaf] = value
         except TypeError as e:
-            raise TypeError(f"config key {key!r}: cannot set {value!r} on a {type(current).__name__} field") from e
+            field_type = node.get_ref(leaf).get_type() if current is None else type(current)
+            raise TypeError(f"config key {key!r}: cannot set {value!r} on a {field_type.__name__} field") from e
 
 
 def _split_override(item: str) -> tuple[str, str]:

@@ -78,6 +78,8 @@ def test_unknown_config_key_fails_before_compiling(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown config key 'optim.lrr'" in err and "did you mean 'optim.base_lr'" in err
     assert not any(tmp_path.iterdir())  # nothing was written, nothing compiled
+    rc = cli.main(["train", f"--config={REPO / TINY_CONFIG}", "--config.model.width=wide", f"--workdir={tmp_path}"])
+    assert rc == 2 and "config key 'model.width': cannot set 'wide' on a int field" in capsys.readouterr().err
     rc = cli.main(["train", f"--config={REPO / 'configs/m2d.py:size=huge'}", f"--workdir={tmp_path}"])
     assert rc == 2 and "unknown size 'huge'" in capsys.readouterr().err
     rc = cli.main(["train", f"--config={REPO / TINY_CONFIG}", f"--workdir={tmp_path}"])
