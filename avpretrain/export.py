@@ -28,10 +28,6 @@ def _encoder_model(config, mesh, seed: int | None = None):
         return nnx.jit(lambda: models.create(config, nnx.Rngs(seed), encoder_only=True))()
 
 
-def _single_device_mesh():
-    return sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
-
-
 def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     """Writes the online encoder of the latest (or given) checkpoint of ``workdir`` to ``out``."""
     workdir, out = pathlib.Path(workdir), pathlib.Path(out)
@@ -43,7 +39,7 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     if stats is None:
         raise FileNotFoundError(f"{workdir / 'norm_stats.json'} not found and config.data.norm_stats is empty")
     mean, std = stats
-    model = _encoder_model(config, _single_device_mesh())
+    model = _encoder_model(config, sharding.single_device_mesh())
     params = checkpoint.restore_params(workdir / "checkpoints", nnx.to_pure_dict(nnx.state(model)), step)
     out.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
@@ -133,7 +129,7 @@ def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> P
         raise FileNotFoundError(f"{meta_file} not found: is {path} a directory written by `avpretrain export`?")
     meta = json.loads(meta_file.read_text())
     config = config_lib.from_json(json.dumps(meta["config"]))
-    model = _encoder_model(config, _single_device_mesh(), seed=seed if random_init else None)
+    model = _encoder_model(config, sharding.single_device_mesh(), seed=seed if random_init else None)
     if not random_init:
         state = nnx.state(model)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))

@@ -49,6 +49,11 @@ def make_mesh(mesh_spec=DEFAULT_MESH, devices=None) -> Mesh:
     return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
+def single_device_mesh() -> Mesh:
+    """Every axis of size 1 on the first device (export, downstream use, interop)."""
+    return make_mesh(tuple((name, 1) for name, _ in DEFAULT_MESH), devices=jax.devices()[:1])
+
+
 @contextlib.contextmanager
 def mesh_rules(mesh: Mesh, rules=DEFAULT_RULES):
     """The mesh and the logical-axis rules as the ambient context (model creation, jitted steps)."""

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import soundfile as sf
-import soxr
 import tensorflow_datasets as tfds
 from etils import epath
+
+from avpretrain import audio
 
 SPLITS = ('train', 'validation', 'test')
 AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.mp3')
@@ -44,9 +45,7 @@ def load_audio(path: str | pathlib.Path, target_sr: int) -> np.ndarray:
             raise sf_error from None
         x_TC = np.atleast_2d(x).T
     x = x_TC.mean(axis=1, dtype=np.float32)
-    if sr != target_sr and x.size:
-        x = soxr.resample(x, sr, target_sr, quality='HQ').astype(np.float32)
-    return x
+    return audio.resample(x, sr, target_sr).astype(np.float32) if x.size else x
 
 
 def audio_problem(x: np.ndarray, sample_rate: int, min_seconds: float) -> str | None:

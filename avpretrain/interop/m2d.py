@@ -143,7 +143,7 @@ def load_state_dict(state_dict_or_path, *, num_heads: int, decoder_num_heads: in
                (PREDICTOR_PREFIXES if not has(PREDICTOR_PREFIXES) else ())
     # Only a fresh predictor needs a real (random) init; otherwise every array comes from the state dict.
     build = (lambda f: f()) if not has(PREDICTOR_PREFIXES) else nnx.eval_shape
-    mesh = sharding.make_mesh(tuple((name, 1) for name, _ in sharding.DEFAULT_MESH), devices=jax.devices()[:1])
+    mesh = sharding.single_device_mesh()
     with sharding.mesh_rules(mesh):
         model = build(lambda: M2D(input_frames=frames, n_mels=n_mels, rngs=nnx.Rngs(0), **dims))
     table = _name_table(model)

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from avpretrain.models import vit
+from avpretrain.objectives.contrastive import l2_normalize
 
 # Encoder (width, depth, heads) and predictor (width, depth, heads) per size. base = the paper's.
 SIZES = {
@@ -46,11 +47,7 @@ def norm_mse_loss(pred_BMD, target_BMD):
     mean = target.mean(-1, keepdims=True)
     var = target.var(-1, keepdims=True, ddof=1)
     target = (target - mean) / jnp.sqrt(var + 1e-6)
-
-    def l2n(x):
-        return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-    return jnp.mean(2 - 2 * jnp.sum(l2n(pred) * l2n(target), axis=-1))
+    return jnp.mean(2 - 2 * jnp.sum(l2_normalize(pred) * l2_normalize(target), axis=-1))
 
 
 class M2D(nnx.Module):
