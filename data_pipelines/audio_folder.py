@@ -39,7 +39,7 @@ class Entry:
     path: pathlib.Path
     label: str
     speaker: str = ''
-    caption: str = ''
+    captions: tuple[str, ...] = ()
     split: str | None = None  # from the manifest; None: assigned by the seeded split
 
 
@@ -92,7 +92,7 @@ def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, st
             first_row[rel] = reader.line_num
             entries.append(Entry(
                 rel, source / rel, label,
-                (row.get('speaker') or '').strip(), (row.get('caption') or '').strip(), split,
+                (row.get('speaker') or '').strip(), tuple(c for c in [(row.get('caption') or '').strip()] if c), split,
             ))
     return entries, skipped
 
@@ -116,7 +116,7 @@ def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str
 class AudioFolder(common.AudioBuilder, skip_registration=True):
     """A folder of labelled audio as a TFDS dataset (see the module docstring)."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('2.0.0')  # 2.0.0: 'caption' became 'captions' (a list)
 
     def __init__(
         self, *, source: str, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
@@ -183,7 +183,7 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
     def _generate_examples(self, items):
         for npy, entry in items:
             yield entry.id, common.example(
-                entry.id, np.load(npy), entry.label, entry.speaker, entry.caption
+                entry.id, np.load(npy), entry.label, entry.speaker, entry.captions
             )
 
 

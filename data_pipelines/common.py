@@ -122,12 +122,13 @@ def audio_features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
         'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding='bytes'),
         'label': tfds.features.ClassLabel(names=list(label_names)),
         'speaker': tfds.features.Text(),
-        'caption': tfds.features.Text(),
+        # 0..N free-text descriptions (audio-language pretraining, retrieval); [] when none.
+        'captions': tfds.features.Sequence(tfds.features.Text()),
     })
 
 
-def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', caption: str = ''):
-    return {'id': id_, 'audio': audio, 'label': label, 'speaker': speaker, 'caption': caption}
+def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', captions: Sequence[str] = ()):
+    return {'id': id_, 'audio': audio, 'label': label, 'speaker': speaker, 'captions': list(captions)}
 
 
 class AudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -329,7 +329,7 @@ def generate_clip(index: int, seed: int, sample_rate: int = 16000) -> tuple[np.n
 class DemoSounds(common.AudioBuilder, skip_registration=True):
     """The procedural demo corpus as a TFDS dataset; ids are 'demo-000123'."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('2.0.0')  # 2.0.0: 'caption' became 'captions' (a list)
 
     def __init__(self, *, num_clips: int = 2400, seed: int = 0, sample_rate: int = 16000, **kwargs):
         self.num_clips, self.seed, self.sample_rate = num_clips, seed, sample_rate

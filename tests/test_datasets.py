@@ -53,7 +53,7 @@ def test_demo_builds_three_splits_of_int16_clips(demo_dir):
     for ex in examples.values():
         assert ex['audio'].dtype == np.int16 and ex['audio'].ndim == 1
         assert 2.0 <= len(ex['audio']) / SR <= 4.0
-        assert ex['caption'] == b'' and ex['speaker'] == b''
+        assert list(ex['captions']) == [] and ex['speaker'] == b''
     assert {ex['label'] for ex in examples.values()} == set(range(len(meta.label_names)))
     assert common.BuildReport.read(out / common.REPORT_NAME) == report
     assert json.loads((out / common.REPORT_NAME).read_text())['num_built'] == 60
@@ -159,7 +159,7 @@ def test_audio_folder_manifest_layout(tmp_path):
     assert report.counts == {'train': 2, 'validation': 2, 'test': 1}
     assert report.summary_lines()[-1] == 'built 5 examples, skipped 1'
     examples = read_all(out)
-    assert examples['clips/1.wav']['caption'] == b'a person says no, loudly'
+    assert list(examples['clips/1.wav']['captions']) == [b'a person says no, loudly']
     assert examples['clips/1.wav']['speaker'] == b'spk2'
     assert examples['clips/4.wav']['split'] == 'validation'
     assert source.dataset_meta(out).label_names == ['no', 'yes']
@@ -209,7 +209,7 @@ def test_find_dataset_dir_errors_are_clear(tmp_path, demo_dir):
         source.find_dataset_dir(tmp_path)
     out, _ = demo_dir
     dataset_dir = source.find_dataset_dir(out)
-    assert dataset_dir == out / 'demo_sounds' / '1.0.0'
+    assert dataset_dir == out / 'demo_sounds' / '2.0.0'
     assert source.find_dataset_dir(dataset_dir) == dataset_dir
     with pytest.raises(ValueError, match="split 'dev' not in"):
         source.data_source(out, 'dev')

@@ -1,8 +1,8 @@
 """Reading a dataset written by `data_pipelines` (TFDS ArrayRecord) without TensorFlow.
 
 DATA_DIR holds one prepared dataset: DATA_DIR/<name>/<version>/dataset_info.json + files.
-Elements are dicts of numpy values: 'audio' int16 [T], 'label' int, and 'id', 'speaker',
-'caption' as bytes.
+Elements are dicts of numpy values: 'audio' int16 [T], 'label' int, 'id' and 'speaker' as bytes,
+'captions' a list of bytes (possibly empty).
 """
 from __future__ import annotations
 
