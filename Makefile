@@ -4,15 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
+DEMO_CLAP_DIR ?= runs/demo_clap
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo demo-clap bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,text]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -20,6 +21,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	bash launch/demo.sh $(DEMO_DIR)
+
+demo-clap: $(STAMP)
+	bash launch/demo_clap.sh $(DEMO_CLAP_DIR)
 
 bench: $(STAMP)
 	$(VENV)/bin/avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8

@@ -48,20 +48,37 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=N
     return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def _partial_restore(handler_dir, item_name, like: dict, step):
+    """``like``'s subtree of item ``item_name`` (None: a bare PyTree checkpoint) at ``handler_dir``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True)
+    if item_name is None:
+        return ocp.PyTreeCheckpointer().restore(epath.Path(handler_dir).absolute(), args=args)
+    mngr = ocp.CheckpointManager(epath.Path(handler_dir).absolute(),
+                                 item_handlers={item_name: ocp.PyTreeCheckpointHandler()})
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {handler_dir}")
+    restored = mngr.restore(step, args=ocp.args.Composite(**{item_name: args}))[item_name]
+    mngr.close()
+    return restored
+
+
 def restore_params(directory, like_params: dict, step: int | None = None) -> dict:
     """Just the model params of a training checkpoint (export, stage-2 initialisation).
 
     StandardRestore cannot restore a subtree, so the same files are read with the PyTree handler,
-    onto the shardings of ``like_params``.
+    onto the shardings of ``like_params`` (which may name a subset of the model's attributes).
     """
-    mngr = ocp.CheckpointManager(epath.Path(directory).absolute(),
-                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {directory}")
-    abstract = {"model": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)}
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True)))["state"]
-    mngr.close()
-    return restored["model"]
+    return _partial_restore(directory, "state", {"model": like_params}, step)["model"]
+
+
+def restore_params_from(path, like_params: dict, step: int | None = None) -> dict:
+    """``like_params`` (a subset of a model's params) from a training workdir or an export."""
+    path = epath.Path(path)
+    if (path / "checkpoints").is_dir():
+        return restore_params(path / "checkpoints", like_params, step)
+    if (path / "params").is_dir():
+        return _partial_restore(path / "params", None, like_params, None)
+    raise FileNotFoundError(f"{path} is neither a training workdir (checkpoints/) nor an exported model (params/)")

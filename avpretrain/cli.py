@@ -1,11 +1,14 @@
 """The ``avpretrain`` command (also ``python -m avpretrain``).
 
   avpretrain data build demo --out DATA
-  avpretrain data build audio_folder --source DIR --out DATA
+  avpretrain data build audio_folder --source DIR --out DATA   (also: audiocaps, clotho)
   avpretrain data stats --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
+  avpretrain data embed-captions --data DATA [--model NAME_OR_PATH] [--batch-size 256] [--shard i/n]
   avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain export --workdir=W --out=E
   avpretrain eval linear-probe --model=E --data=DATA [--random-init]
+  avpretrain eval zero-shot --model=E --data=DATA [--template "{label} can be heard"]
+  avpretrain eval retrieval --model=E --data=DATA
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
   avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8 [--peak-tflops=989]
 """
@@ -68,14 +71,17 @@ def cmd_data_build(args, overrides):
     if args.name == "demo":
         from data_pipelines import demo
 
-        report = demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate)
+        report = demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate,
+                            num_captions=args.num_captions)
     else:
         if not args.source:
-            raise SystemExit("error: data build audio_folder needs --source DIR")
-        from data_pipelines import audio_folder
+            raise SystemExit(f"error: data build {args.name} needs --source DIR")
+        import importlib
 
-        report = audio_folder.build(args.source, args.out, sample_rate=args.sample_rate, seed=args.seed,
-                                    min_seconds=args.min_seconds)
+        module = importlib.import_module(f"data_pipelines.{args.name}")
+        kwargs = {"seed": args.seed} if args.name == "audio_folder" else {}
+        report = module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
+                              **kwargs)
     for line in report.summary_lines():
         print(line)
 
@@ -88,15 +94,68 @@ def cmd_data_stats(args, overrides):
     print(f"norm_stats mean={mean:.6f} std={std:.6f}")
 
 
+def _shard_arg(text):
+    """'i/n' with 0 <= i < n -> (i, n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: shard i of n needs 0 <= i < n (0/4, 1/4, 2/4, 3/4)")
+    return i, n
+
+
+def cmd_data_embed_captions(args, overrides):
+    from avpretrain.data import captions
+
+    try:
+        r = captions.embed_captions(args.data, model=args.model, batch_size=args.batch_size, shard=args.shard,
+                                    device=args.device)
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from None
+    i, n = args.shard
+    if r.complete:
+        print(f"caption embeddings in {r.directory}")
+    else:
+        print(f"shard {i}/{n} done: waiting for the other shards ({r.chunks_done} of {r.chunks_total} chunks present)")
+    print(f"{r.sentences_per_s:.1f} sentences/s")
+    print(f"embedded {r.total_captions if r.complete else r.num_captions} captions dim={r.dim} model={r.model}")
+
+
+def _write_json(path, result):
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def cmd_eval_linear_probe(args, overrides):
     from avpretrain.evaluate import downstream
 
     result = downstream.linear_probe(args.model, args.data, random_init=args.random_init, seed=args.seed,
                                      batch_size=args.batch_size)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    _write_json(args.json_out, result)
     print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
+
+
+def cmd_eval_zero_shot(args, overrides):
+    from avpretrain.evaluate import audio_text
+
+    result = audio_text.zero_shot(args.model, args.data, template=args.template, split=args.split,
+                                  batch_size=args.batch_size)
+    _write_json(args.json_out, result)
+    print(f"zero-shot mAP={result['mAP']:.4f} over {result['num_examples']} {args.split} clips, "
+          f"{len(result['prompts'])} classes (chance accuracy {result['chance']:.4f})")
+    print(f"zero-shot accuracy={result['accuracy']:.4f}")
+
+
+def cmd_eval_retrieval(args, overrides):
+    from avpretrain.evaluate import audio_text, retrieval
+
+    result = audio_text.retrieval(args.model, args.data, split=args.split, batch_size=args.batch_size)
+    _write_json(args.json_out, result)
+    print(f"{result['num_audios']} {args.split} clips, {result['num_captions']} captions "
+          f"({result['caption_embeddings']} sentence embeddings)")
+    print(retrieval.format_retrieval_line(result))
 
 
 def cmd_sweep(args, overrides):
@@ -128,7 +187,7 @@ def cmd_bench(args, overrides):
 def cmd_report(args, overrides):
     from avpretrain import report
 
-    report.demo_report(args.run_dir)
+    (report.clap_report if args.kind == "clap" else report.demo_report)(args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,18 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
-    b.add_argument("name", choices=["demo", "audio_folder"])
+    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho"])
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
-    b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv)")
+    b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
+                   "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
     b.add_argument("--sample-rate", type=int, default=16000)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--num-clips", type=int, default=2400, help="demo: number of clips")
-    b.add_argument("--min-seconds", type=float, default=0.5, help="audio_folder: shorter files are skipped")
+    b.add_argument("--num-captions", type=int, default=3, help="demo: captions per clip")
+    b.add_argument("--min-seconds", type=float, default=0.5,
+                   help="audio_folder/audiocaps/clotho: shorter files are skipped")
     b.set_defaults(func=cmd_data_build)
     s = d.add_parser("stats", help="normalisation mean/std of the log-mel from random crops")
     _config_args(s)
     s.add_argument("--workdir", required=True, help="norm_stats.json is stored here")
     s.set_defaults(func=cmd_data_stats)
+    c = d.add_parser("embed-captions", help="sentence embeddings of the captions, stored beside the dataset")
+    c.add_argument("--data", required=True, help="dataset directory (as for data build --out)")
+    c.add_argument("--model", default="all-MiniLM-L6-v2",
+                   help="sentence-transformers model: a local directory or a name in the local HF cache "
+                   "(default: the packaged all-MiniLM-L6-v2)")
+    c.add_argument("--batch-size", type=int, default=256,
+                   help="sentences per forward pass (256: about 2x the throughput of 64 on CPU)")
+    c.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="i/n",
+                   help="embed chunks k with k %% n == i; the shard that completes the set merges it")
+    c.add_argument("--device", default="cpu", help="torch device of the text model, e.g. cuda")
+    c.set_defaults(func=cmd_data_embed_captions)
 
     v = sub.add_parser("eval", help="downstream evaluation").add_subparsers(dest="eval_command", required=True)
     lp = v.add_parser("linear-probe", help="linear evaluation of frozen scene embeddings")
@@ -173,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--batch-size", type=int, default=32)
     lp.add_argument("--json-out", help="also write the result as JSON")
     lp.set_defaults(func=cmd_eval_linear_probe)
+    zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
+    zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
+    rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")
+    for cmd, func in ((zs, cmd_eval_zero_shot), (rt, cmd_eval_retrieval)):
+        cmd.add_argument("--model", required=True, help="an exported M2D-CLAP / M2D2 model directory")
+        cmd.add_argument("--data", required=True, help="a dataset directory")
+        cmd.add_argument("--split", default="test")
+        cmd.add_argument("--batch-size", type=int, default=32)
+        cmd.add_argument("--json-out", help="also write the result as JSON")
+        cmd.set_defaults(func=func)
 
     w = sub.add_parser("sweep", help="print (or --run) the runs of the config's get_sweep")
     _config_args(w)
@@ -191,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
     r.add_argument("--run-dir", required=True)
+    r.add_argument("--kind", choices=["m2d", "clap"], default="m2d", help="m2d: `make demo`; clap: `make demo-clap`")
     r.set_defaults(func=cmd_report)
     return p
 

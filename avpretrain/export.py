@@ -52,7 +52,11 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
 
 
 class PretrainedEncoder:
-    """A frozen encoder for downstream use; waveforms at any sample rate (resampled)."""
+    """A frozen encoder for downstream use; waveforms at any sample rate (resampled).
+
+    Audio-language models (M2D-CLAP stage 1, M2D2 stage 2) also offer the joint audio-text space:
+    ``embed_audio`` and ``embed_text`` (``is_audio_language``).
+    """
 
     def __init__(self, model, config, norm_stats, sample_rate: int):
         self.model, self.config = model, config
@@ -61,26 +65,49 @@ class PretrainedEncoder:
         self.input_frames = model.input_frames
         self.patch = model.patch
         self.hop_seconds = 160 / sample_rate
+        self.text_model = config.data.get("text_model") or None
+        self._sentence_encoder = None
         graphdef, state = nnx.split(model)
         frames = self.input_frames
 
-        @jax.jit
-        def embed(state, waves_BS):
-            """[B, n·frames·hop] waveforms → log-mel of the whole clip, cut into n chunks → [B, n·T/p, D']."""
-            m = nnx.merge(graphdef, state)
+        def chunked_lms(waves_BS):
+            """[B, n·frames·hop] waveforms → the log-mel of each whole clip cut into n chunks [B·n, 1, F, frames]."""
             lms = audio.normalize(audio.log_mel(waves_BS, sample_rate=sample_rate), *self.norm_stats)
             B, F, T = lms.shape
             n = (T - 1) // frames
             chunks = lms[:, :, :n * frames].reshape(B, F, n, frames).transpose(0, 2, 1, 3)
-            emb = m.frame_embeddings(chunks.reshape(B * n, 1, F, frames))
-            return emb.reshape(B, -1, emb.shape[-1])
+            return chunks.reshape(B * n, 1, F, frames), n
+
+        @jax.jit
+        def embed(state, waves_BS):
+            """→ frame embeddings of the chunks, concatenated along time: [B, n·T/p, D']."""
+            m = nnx.merge(graphdef, state)
+            chunks, _ = chunked_lms(waves_BS)
+            emb = m.frame_embeddings(chunks)
+            return emb.reshape(waves_BS.shape[0], -1, emb.shape[-1])
+
+        @jax.jit
+        def embed_joint(state, waves_BS, cols_B):
+            """→ the joint-space audio embedding [B, D] over the tokens of each clip's valid columns."""
+            m = nnx.merge(graphdef, state)
+            chunks, n = chunked_lms(waves_BS)
+            tokens = m.encode(chunks)[:, 1:]
+            B, (gF, gT) = waves_BS.shape[0], m.grid
+            tokens = tokens.reshape(B, n * gF * gT, tokens.shape[-1])
+            column = (jnp.arange(n)[:, None, None] * gT + jnp.arange(gT)[None, None, :]).repeat(gF, axis=1)
+            return m.embed_tokens(tokens, column.reshape(1, -1) < cols_B[:, None])
 
         self._state = state
-        self._embed = embed
+        self._embed, self._embed_joint = embed, embed_joint
+        self._embed_text = jax.jit(lambda state, x: nnx.merge(graphdef, state).embed_text(x))
 
     @property
     def embedding_dim(self) -> int:
         return self.model.grid[0] * self.model.dims["width"]
+
+    @property
+    def is_audio_language(self) -> bool:
+        return hasattr(self.model, "embed_tokens")
 
     def _prepare(self, waveforms, sample_rate, lengths):
         if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
@@ -92,6 +119,21 @@ class PretrainedEncoder:
             waves = [audio.resample(w, sample_rate, self.sample_rate) for w in waves]
         return waves
 
+    def _batches(self, waves, batch_size):
+        """(start, [batch_size, n_chunks·chunk] zero-padded waveforms) over ``waves``; every clip gets
+        whole training-length chunks, all batches the same shape (one compilation)."""
+        chunk_samples = self.input_frames * 160
+        n_chunks = max(max(1, -(-len(w) // chunk_samples)) for w in waves)
+        for start in range(0, len(waves), batch_size):
+            batch = np.zeros((batch_size, n_chunks * chunk_samples), np.float32)
+            for row, w in enumerate(waves[start:start + batch_size]):
+                batch[row, :len(w)] = w[:n_chunks * chunk_samples]
+            yield start, batch
+
+    def _columns(self, waves):
+        """Patch columns covered by each clip (at least one)."""
+        return np.asarray([max(1, audio.num_frames(len(w)) // self.patch) for w in waves])
+
     def frame_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 32):
         """Per patch column: (embeddings [B, T', D'] zeroed past each clip's end, timestamps [T'] in
         seconds (column centres), valid [B, T']).
@@ -100,18 +142,12 @@ class PretrainedEncoder:
         concatenated along time (as M2D does); clips are zero-padded to whole chunks.
         """
         waves = self._prepare(waveforms, sample_rate, lengths)
-        cols = [max(1, audio.num_frames(len(w)) // self.patch) for w in waves]
-        chunk_samples = self.input_frames * 160
-        n_chunks = max(max(1, -(-len(w) // chunk_samples)) for w in waves)
-        outs = []
-        for start in range(0, len(waves), batch_size):
-            batch = np.zeros((batch_size, n_chunks * chunk_samples), np.float32)
-            for row, w in enumerate(waves[start:start + batch_size]):
-                batch[row, :len(w)] = w[:n_chunks * chunk_samples]
-            outs.append(np.asarray(self._embed(self._state, batch))[:len(waves) - start])
-        total = max(cols)
+        cols = self._columns(waves)
+        outs = [np.asarray(self._embed(self._state, batch))[:len(waves) - start]
+                for start, batch in self._batches(waves, batch_size)]
+        total = int(cols.max())
         emb = np.concatenate(outs)[:, :total]
-        valid = np.arange(total)[None] < np.asarray(cols)[:, None]
+        valid = np.arange(total)[None] < cols[:, None]
         timestamps = (np.arange(total) * self.patch + self.patch / 2) * self.hop_seconds
         return emb * valid[..., None], timestamps, valid
 
@@ -119,6 +155,58 @@ class PretrainedEncoder:
         """Mean of the frame embeddings over each clip's valid time: [B, D']."""
         emb, _, valid = self.frame_embeddings(waveforms, sample_rate, lengths, batch_size)
         return emb.sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
+
+    def _require_audio_language(self, what):
+        if not self.is_audio_language:
+            raise ValueError(f"{what} needs an audio-language model (method m2d_clap or m2d2); this one is "
+                             f"{self.config.method!r}")
+
+    def embed_audio(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 32):
+        """Joint audio-text space: L2-normalised [B, D] over the whole of each clip."""
+        self._require_audio_language("embed_audio")
+        waves = self._prepare(waveforms, sample_rate, lengths)
+        cols = np.zeros(batch_size, np.int32)
+        outs = []
+        for start, batch in self._batches(waves, batch_size):
+            part = self._columns(waves[start:start + batch_size])
+            cols[:] = 1
+            cols[:len(part)] = part
+            outs.append(np.asarray(self._embed_joint(self._state, batch, cols))[:len(part)])
+        return _l2_normalize(np.concatenate(outs))
+
+    def embed_text(self, texts, batch_size: int = 256):
+        """Joint audio-text space: L2-normalised [B, D] for a list of strings (encoded with the sentence
+        model the model was trained against; needs the ``text`` extra) or for precomputed sentence
+        embeddings [B, T] of that model."""
+        self._require_audio_language("embed_text")
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) and isinstance(texts[0], str):
+            sentence = self.sentence_encoder().encode(list(texts))
+        else:
+            sentence = np.asarray(texts, np.float32)
+            if sentence.ndim != 2 or sentence.shape[1] != self.model.text_dim:
+                raise ValueError(f"precomputed sentence embeddings must be [B, {self.model.text_dim}] "
+                                 f"({self.text_model}), got {sentence.shape}")
+        outs = []
+        for start in range(0, len(sentence), batch_size):
+            batch = np.zeros((batch_size, sentence.shape[1]), np.float32)
+            part = sentence[start:start + batch_size]
+            batch[:len(part)] = part
+            outs.append(np.asarray(self._embed_text(self._state, batch))[:len(part)])
+        return _l2_normalize(np.concatenate(outs) if outs else np.zeros((0, self.model.dims["width"]), np.float32))
+
+    def sentence_encoder(self):
+        """The sentence-embedding model of the text side (loaded once; the ``text`` extra)."""
+        if self._sentence_encoder is None:
+            from avpretrain.data import captions
+
+            self._sentence_encoder = captions.SentenceEncoder(self.text_model)
+        return self._sentence_encoder
+
+
+def _l2_normalize(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> PretrainedEncoder:

@@ -39,7 +39,8 @@ class MetricWriter:
         done = step - self.start_step
         eta = (time.time() - self.start) / done * (self.total_steps - step) if done else float("nan")
         shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k in
-                         ("loss", "lr", "grad_norm", "step_time", "examples_per_s", "audio_hours_per_s"))
+                         ("loss", "loss_m2d", "clap_loss", "clap_a2t_acc", "lr", "grad_norm", "step_time",
+                          "examples_per_s", "audio_hours_per_s"))
         print(f"[{step}/{self.total_steps}] {100 * step / self.total_steps:5.1f}% {shown} "
               f"eta={_fmt(eta)}", flush=True)
 

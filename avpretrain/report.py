@@ -33,3 +33,49 @@ def demo_report(run_dir: str) -> str:
     print(f"report: {png}")
     print(line)
     return line
+
+
+def _metric_curve(path: pathlib.Path, key: str):
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    by_step = {r["step"]: r[key] for r in records if key in r}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def clap_report(run_dir: str) -> str:
+    """`make demo-clap`'s report: CLAP loss curves of both stages, zero-shot and R@1 bars, summary line."""
+    run = pathlib.Path(run_dir)
+    stages = ("stage1", "stage2")
+    zero_shot = {s: json.loads((run / s / "zero_shot.json").read_text()) for s in stages}
+    retrieval = {s: json.loads((run / s / "retrieval.json").read_text()) for s in stages}
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for s in stages:
+        ax1.plot(*_metric_curve(run / s / "metrics.jsonl", "clap_loss"), label=f"{s} CLAP loss")
+    ax1.set(xlabel="step", ylabel="symmetric InfoNCE", title="contrastive loss (global batch)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    names = ["zero-shot acc", "a2t R@1", "t2a R@1", "mAP@10"]
+    width = 0.38
+    for i, s in enumerate(stages):
+        values = [zero_shot[s]["accuracy"], retrieval[s]["a2t_R@1"], retrieval[s]["t2a_R@1"], retrieval[s]["mAP@10"]]
+        bars = ax2.bar([j + (i - 0.5) * width for j in range(len(names))], [100 * v for v in values], width, label=s)
+        ax2.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax2.axhline(100 * zero_shot["stage1"]["chance"], color="gray", ls="--", lw=1, label="zero-shot chance")
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set(ylabel="%", ylim=(0, 100), title="held-out test clips")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    png = run / "demo_clap_report.png"
+    fig.savefig(png, dpi=100)
+    for s in stages:
+        r = retrieval[s]
+        print(f"{s}: zero-shot accuracy={zero_shot[s]['accuracy']:.4f} mAP={zero_shot[s]['mAP']:.4f}; retrieval "
+              f"a2t R@1={r['a2t_R@1']:.4f} R@10={r['a2t_R@10']:.4f} t2a R@1={r['t2a_R@1']:.4f} "
+              f"R@10={r['t2a_R@10']:.4f} mAP@10={r['mAP@10']:.4f}")
+    line = (f"demo-clap: zero-shot stage1={zero_shot['stage1']['accuracy']:.4f} "
+            f"stage2={zero_shot['stage2']['accuracy']:.4f} retrieval-R@1 stage1={retrieval['stage1']['a2t_R@1']:.4f} "
+            f"stage2={retrieval['stage2']['a2t_R@1']:.4f}")
+    print(f"report: {png}")
+    print(line)
+    return line

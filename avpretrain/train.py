@@ -1,7 +1,8 @@
 """One generic trainer: config → mesh → data → sharded model → jitted step → metrics + Orbax.
 
 The method lives in the model: ``model.loss(batch, rng) -> (loss, metrics)``, the class-level
-``TRAINABLE`` filter, and optionally ``model.ema_update(decay)``. Everything else is shared:
+``TRAINABLE`` filter, ``param_group`` (per-group learning rates / freezing) and, with ``EMA = True``,
+``model.ema_update(decay)``. Everything else is shared:
 log-mel front end on device, AdamW (no decay on 1-D params) with warmup + cosine, gradient
 clipping, EMA schedule, checkpoints with the grain iterator, automatic resume, SIGTERM handling,
 and a stop on non-finite loss that never checkpoints the bad state.
@@ -57,12 +58,36 @@ def learning_rate(config):
 
 
 def make_optimizer(config, model):
+    """Clip + AdamW (no decay on 1-D params) over the model's trainable params.
+
+    ``optim.lr_mult.<group>`` scales the learning rate of a parameter group (``model.param_group``,
+    e.g. "encoder" / "head"); a multiplier of 0 freezes the group: no gradient, no optimizer state.
+    """
     o = config.optim
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
-    return nnx.Optimizer(model, tx, wrt=getattr(type(model), "TRAINABLE", nnx.Param))
+    mult = {g: float(m) for g, m in dict(o.get("lr_mult", {})).items()}
+    group_of = getattr(type(model), "param_group", None)
+    wrt = getattr(type(model), "TRAINABLE", nnx.Param)
+    if group_of is None and any(m != 1 for m in mult.values()):
+        raise ValueError(f"optim.lr_mult={mult}: {type(model).__name__} has no parameter groups")
+    frozen = {g for g, m in mult.items() if m == 0}
+    if frozen:
+        wrt = nnx.All(wrt, lambda path, _: group_of(path) not in frozen)
+    schedule = learning_rate(config)
+
+    def adamw(scale):
+        lr = schedule if scale == 1 else (lambda step: scale * schedule(step))
+        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                           mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+
+    if any(m not in (0, 1) for m in mult.values()):
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(lambda path, _: group_of((path[0].key,)), params)
+
+        groups = {group_of(path) for path, _ in nnx.to_flat_state(nnx.state(model, wrt))}
+        update = optax.multi_transform({g: adamw(mult.get(g, 1.0)) for g in groups}, labels)
+    else:
+        update = adamw(1.0)
+    return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(o.grad_clip), update), wrt=wrt)
 
 
 def ema_decay(config, step):
@@ -88,18 +113,68 @@ def stored_norm_stats(config, workdir) -> tuple[float, float] | None:
     return None
 
 
+def init_source_norm_stats(path) -> tuple[float, float]:
+    """The statistics a model at ``path`` (training workdir or export) was trained with."""
+    path = pathlib.Path(path)
+    meta_file = path / "config.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if "norm_stats" in meta:  # an export
+        return tuple(float(v) for v in meta["norm_stats"])
+    if "data" in meta:  # a training workdir: its config's statistics or its norm_stats.json
+        stats = stored_norm_stats(config_lib.from_json(meta_file.read_text()), path)
+        if stats is not None:
+            return stats
+    raise FileNotFoundError(f"config.init.path={path}: not a training workdir with normalisation statistics "
+                            "(config.json + norm_stats.json) nor an export (config.json with norm_stats)")
+
+
 def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
-    """The stored statistics (see ``stored_norm_stats``), else computed and saved in the workdir."""
+    """The stored statistics (see ``stored_norm_stats``), else those of ``config.init.path`` (a model
+    keeps the statistics it was trained with), else computed from random crops; saved in the workdir."""
     stored = stored_norm_stats(config, workdir)
     if stored is not None:
         return stored
     path = pathlib.Path(workdir) / "norm_stats.json"
-    mean, std = compute_norm_stats(config)
+    if config.init.path:
+        (mean, std), origin = init_source_norm_stats(config.init.path), f"those of {config.init.path}"
+    else:
+        (mean, std), origin = compute_norm_stats(config), "random crops"
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"mean": mean, "std": std, "data_dir": config.data.dir}))
-    metrics_lib.log(f"normalisation statistics from random crops: mean={mean:.4f} std={std:.4f} -> {path}")
+    metrics_lib.log(f"normalisation statistics ({origin}): mean={mean:.4f} std={std:.4f} -> {path}")
     return mean, std
+
+
+def resolve_text_targets(config) -> None:
+    """With ``data.use_captions``: fills ``data.text_model`` and ``model.text_dim`` from the stored
+    caption embeddings of the training split (before config.json is written, so exports know them)."""
+    if not config.data.use_captions:
+        return
+    from avpretrain.data import captions
+
+    store = captions.CaptionEmbeddings.open(config.data.dir, config.data.split, config.data.text_model or None)
+    if config.model.get("text_dim") and config.model.text_dim != store.dim:
+        raise ValueError(f"config.model.text_dim={config.model.text_dim} but the caption embeddings of "
+                         f"{store.model!r} in {config.data.dir} are {store.dim}-d")
+    config.data.text_model, config.model.text_dim = store.model, store.dim
+
+
+def initialize_from(config, state) -> None:
+    """Replaces ``config.init.params`` (top-level model attributes) in ``state`` by those of the
+    model at ``config.init.path`` (latest checkpoint of a training workdir, or an export)."""
+    model = nnx.to_pure_dict(state)["model"]
+    names = tuple(config.init.params)
+    missing = [n for n in names if n not in model]
+    if missing:
+        raise KeyError(f"config.init.params: {missing} are not attributes of this model; it has {sorted(model)}")
+    try:
+        restored = checkpoint.restore_params_from(config.init.path, {n: model[n] for n in names})
+    except ValueError as e:
+        raise ValueError(f"config.init.path={config.init.path}: cannot restore {names} into this model "
+                         f"(do the architectures match?): {e}") from e
+    nnx.replace_by_pure_dict(state, {"model": restored})
+    metrics_lib.log(f"initialised {', '.join(names)} from {config.init.path}")
 
 
 def compute_norm_stats(config, num_batches: int | None = None) -> tuple[float, float]:
@@ -136,7 +211,7 @@ def make_train_step(config, mesh, graphdef, state, norm_stats):
 
         (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.opt.wrt), has_aux=True)(ts.model)
         ts.opt.update(ts.model, grads)
-        if hasattr(ts.model, "ema_update"):
+        if getattr(type(ts.model), "EMA", False):
             ts.model.ema_update(ema_decay(config, step))
         grad_norm = optax.tree.norm(grads)
         out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), **aux,
@@ -176,6 +251,7 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
                          f"{sharding.data_parallel_size(mesh, rules)} data-parallel devices of {config.mesh}")
     source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
+    resolve_text_targets(config)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config))
@@ -194,6 +270,8 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
         restored = checkpoint.restore(mngr, start, nnx.to_pure_dict(state), iterator)
         nnx.replace_by_pure_dict(state, restored)
         metrics_lib.log(f"resumed from {workdir / 'checkpoints'} at step {start}")
+    elif config.init.path:
+        initialize_from(config, state)
 
     stop = stop_at if stop_at is not None else config.total_steps
     writer = metrics_lib.MetricWriter(workdir, config.total_steps)

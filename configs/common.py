@@ -22,6 +22,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0        # grain worker processes per host (use 8–32 on real hosts)
     c.data.norm_stats = ()        # (mean, std); empty: read <workdir>/norm_stats.json or compute it
     c.data.stats_batches = 20
+    c.data.use_captions = False   # batches carry 'text_emb': one stored caption embedding per clip
+    c.data.text_model = ""        # which stored caption-embedding set ("": the only one); filled in at train time
+
+    # Initialise some params from another run (e.g. stage 2 from stage 1) before step 0.
+    c.init = ml_collections.ConfigDict()
+    c.init.path = ""              # a training workdir (its latest checkpoint) or an exported model
+    c.init.params = ("patch_embed", "cls_token", "blocks", "norm")   # top-level model attributes
 
     c.optim = ml_collections.ConfigDict()
     c.optim.base_lr = 3e-4        # per 256 examples: lr = base_lr · batch_size / 256
@@ -30,4 +37,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.05   # not on biases / norms / 1-D params
     c.optim.warmup_fraction = 20 / 300
     c.optim.grad_clip = 3.0
+    c.optim.lr_mult = ml_collections.ConfigDict({"encoder": 1.0, "head": 1.0})  # per param group; 0 freezes
     return c

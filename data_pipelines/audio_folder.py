@@ -1,13 +1,22 @@
-"""TFDS builder for a user's folder of audio files.
+"""TFDS builder for a user's folder of audio files (labelled and/or captioned).
 
 Two layouts of SOURCE:
   * class folders: SOURCE/<class>/**/*.{wav,flac,ogg,mp3}; the folder name is the label;
-  * SOURCE/manifest.csv with columns path,label and optional speaker,caption,split
-    (paths relative to SOURCE; split in train/validation/test, or val/valid/dev).
+  * SOURCE/manifest.csv with a `path` column (relative to SOURCE) and optional columns
+    label, speaker, split (train/validation/test, or val/valid/dev) and captions:
+      - `caption`, and/or `caption_1`, `caption_2`, ... (Clotho style; empty cells are ignored);
+      - a path repeated on later rows adds those rows' captions to its first row (the label,
+        speaker and split must agree, else ValueError); a repeat that adds no new caption is
+        skipped as a duplicate. Identical captions of one clip are kept once.
+    `label` is required unless the manifest has a caption column; without one every clip is
+    labelled common.NO_LABEL ('unlabeled').
 
 Without a split column the split is a seeded, per-class stratified shuffle (default 80/10/10).
 Each file is decoded once, resampled to `sample_rate` mono and validated; unusable files are
 skipped and listed with their reason in DATA_DIR/build_report.json.
+
+Subclasses (data_pipelines.audiocaps, data_pipelines.clotho) reuse the decoding, validation and
+splitting and only replace `AudioFolder.list_entries` and `_info`.
 
     python -m data_pipelines.audio_folder SOURCE --out DATA_DIR
 """
@@ -19,6 +28,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -58,23 +68,41 @@ def list_class_folders(source: pathlib.Path) -> tuple[list[Entry], list[tuple[st
     return entries, skipped
 
 
+def unique(captions) -> tuple[str, ...]:
+    """Non-empty, stripped captions without repeats, in their first order."""
+    return tuple(dict.fromkeys(c for c in (c.strip() for c in captions) if c))
+
+
+def caption_columns(columns: list[str]) -> list[str]:
+    """`caption`, then `caption_1`, `caption_2`, ... in numeric order, of those present."""
+    numbered = sorted(
+        (int(m.group(1)), c) for c in columns if (m := re.fullmatch(r'caption_(\d+)', c)))
+    return [c for c in ['caption'] if c in columns] + [c for _, c in numbered]
+
+
 def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """Rows of SOURCE/manifest.csv; a repeated path is skipped, malformed rows raise ValueError."""
+    """Rows of SOURCE/manifest.csv, repeated paths merged (see the module doc).
+
+    Malformed rows, and repeats that disagree with their first row, raise ValueError.
+    """
     manifest = source / MANIFEST
-    entries, skipped, first_row = [], [], {}
+    entries: dict[str, Entry] = {}
+    skipped, first_row = [], {}
     with open(manifest, newline='', encoding='utf-8-sig') as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
-        missing = {'path', 'label'} - set(columns)
+        captioned = caption_columns(columns)
+        missing = ({'path'} if captioned else {'path', 'label'}) - set(columns)
         if missing:
             raise ValueError(
                 f'{manifest}: missing required column(s) {sorted(missing)}; has {columns}'
             )
         reader.fieldnames = columns
-        has_split = 'split' in columns
+        has_label, has_split = 'label' in columns, 'split' in columns
         for row in reader:
             where = f'{manifest}, row {reader.line_num}'
-            rel, label = (row['path'] or '').strip(), (row['label'] or '').strip()
+            rel = (row['path'] or '').strip()
+            label = (row['label'] or '').strip() if has_label else common.NO_LABEL
             if not rel or not label:
                 raise ValueError(f'{where}: empty path or label ({row})')
             split = None
@@ -85,16 +113,27 @@ def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, st
                     raise ValueError(
                         f'{where}: unknown split value {value!r}; use one of {sorted(SPLIT_NAMES)}'
                     )
-            if rel in first_row:
+            entry = Entry(rel, source / rel, label, (row.get('speaker') or '').strip(),
+                          unique(row[c] or '' for c in captioned), split)
+            first = entries.get(rel)
+            if first is None:
+                first_row[rel] = reader.line_num
+                entries[rel] = entry
+                continue
+            for field in ('label', 'speaker', 'split'):
+                if getattr(entry, field) != getattr(first, field):
+                    raise ValueError(
+                        f'{where}: {rel!r} repeats row {first_row[rel]} with a different {field}: '
+                        f'{getattr(first, field)!r} (row {first_row[rel]}) vs '
+                        f'{getattr(entry, field)!r} (row {reader.line_num})'
+                    )
+            captions = unique(first.captions + entry.captions)
+            if captions == first.captions:
                 reason = f'duplicate manifest entry (first at row {first_row[rel]})'
                 skipped.append((str(source / rel), reason))
-                continue
-            first_row[rel] = reader.line_num
-            entries.append(Entry(
-                rel, source / rel, label,
-                (row.get('speaker') or '').strip(), tuple(c for c in [(row.get('caption') or '').strip()] if c), split,
-            ))
-    return entries, skipped
+            else:
+                entries[rel] = dataclasses.replace(first, captions=captions)
+    return list(entries.values()), skipped
 
 
 def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
@@ -113,8 +152,46 @@ def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str
     return entries, skipped
 
 
+def audio_index(source: pathlib.Path, key: str = 'stem') -> dict[str, pathlib.Path]:
+    """File stem (or `key='name'`) -> path of the audio files under `source`, hidden folders
+    left out. The first in sorted path order wins when two files share a stem.
+    """
+    index = {}
+    for path in sorted(source.rglob('*')):
+        if path.suffix.lower() in common.AUDIO_SUFFIXES and path.is_file() and not any(
+            part.startswith('.') for part in path.relative_to(source).parts
+        ):
+            index.setdefault(getattr(path, key), path)
+    return index
+
+
+def read_csv(path: pathlib.Path, required) -> list[dict]:
+    """Rows of a CSV (header names stripped, row['_line'] its line number); a ValueError that
+    names the file and its columns when a `required` column is missing."""
+    with open(path, newline='', encoding='utf-8-sig') as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise ValueError(f'{path}: missing column(s) {missing}; has {columns}')
+        reader.fieldnames = columns
+        return [dict(row, _line=reader.line_num) for row in reader]
+
+
+def caption_csvs(source: pathlib.Path, names) -> list[pathlib.Path]:
+    """The files `names` present in `source` (at least one, else FileNotFoundError)."""
+    found = [source / name for name in names if (source / name).is_file()]
+    if not found:
+        raise FileNotFoundError(f'no caption CSV in {source}: expected any of {", ".join(names)}')
+    return found
+
+
 class AudioFolder(common.AudioBuilder, skip_registration=True):
-    """A folder of labelled audio as a TFDS dataset (see the module docstring)."""
+    """A folder of labelled and/or captioned audio as a TFDS dataset (see the module docstring).
+
+    Subclasses for other layouts override `list_entries` (and `_info`); an entry's own split is
+    kept, the others get the seeded stratified split.
+    """
 
     VERSION = tfds.core.Version('2.0.0')  # 2.0.0: 'caption' became 'captions' (a list)
 
@@ -127,19 +204,37 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
         self.sample_rate, self.seed, self.min_seconds = sample_rate, seed, min_seconds
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers = num_workers or os.cpu_count()
-        self.entries, self.skipped = list_source(self.source)
+        if not self.source.is_dir():
+            raise FileNotFoundError(f'{self.name} source folder not found: {self.source}')
+        self.entries, self.skipped = self.list_entries(self.source)
         super().__init__(**kwargs)
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    @classmethod
+    def list_entries(cls, source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """What to build from `source`: (entries, skipped (path, reason)); raises when none."""
+        return list_source(source)
+
+    def dataset_info(
+        self, description: str, *, homepage: str | None = None, citation: str | None = None,
+        **metadata,
+    ) -> tfds.core.DatasetInfo:
+        """DatasetInfo with the shared features and metadata (sample_rate, source, min_seconds)."""
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f'Audio files from {self.source}.',
+            description=description,
             features=common.audio_features(sorted({e.label for e in self.entries})),
             metadata=tfds.core.MetadataDict(
-                sample_rate=self.sample_rate, source=str(self.source.resolve()), seed=self.seed,
-                val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                min_seconds=self.min_seconds,
+                sample_rate=self.sample_rate, source=str(self.source.resolve()),
+                min_seconds=self.min_seconds, **metadata,
             ),
+            homepage=homepage,
+            citation=citation,
+        )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info(
+            f'Audio files from {self.source}.', seed=self.seed, val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
         )
 
     def _split_generators(self, dl_manager):
@@ -210,6 +305,28 @@ def main(argv=None) -> None:
     parser.add_argument('--min_seconds', type=float, default=0.5)
     parser.add_argument('--num_workers', type=int, default=None)
     print('\n'.join(build(**vars(parser.parse_args(argv))).summary_lines()))
+
+
+def build_corpus(
+    builder_cls: type[AudioFolder], source: str, out: str, *, sample_rate: int = 16000,
+    min_seconds: float = 0.5, num_workers: int | None = None,
+) -> common.BuildReport:
+    """Builds a corpus with its own splits (an AudioFolder subclass) from `source` into `out`."""
+    return common.prepare_dataset(
+        builder_cls, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
+        num_workers=num_workers,
+    )
+
+
+def corpus_main(build_fn, source_help: str, doc: str, argv=None) -> None:
+    """The command line of a corpus module: `python -m data_pipelines.<corpus> SOURCE --out DATA_DIR`."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    parser.add_argument('source', help=source_help)
+    parser.add_argument('--out', required=True, help='DATA_DIR to write the dataset into')
+    parser.add_argument('--sample_rate', type=int, default=16000)
+    parser.add_argument('--min_seconds', type=float, default=0.5)
+    parser.add_argument('--num_workers', type=int, default=None)
+    print('\n'.join(build_fn(**vars(parser.parse_args(argv))).summary_lines()))
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ from avpretrain import audio
 SPLITS = ('train', 'validation', 'test')
 AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.mp3')
 REPORT_NAME = 'build_report.json'
+NO_LABEL = 'unlabeled'  # the one class of datasets that only have captions (AudioCaps, Clotho, ...)
 
 
 # ----------------------------------------------------------------------------- audio

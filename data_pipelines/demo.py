@@ -5,7 +5,12 @@ clicks, drips, ...). Every clip draws its own parameters (pitch, rates, duration
 background noise at a random SNR), so classes overlap: learnable, not trivial. Clip `index`
 is class `CLASSES[index % 12]` and depends only on (seed, index, sample_rate).
 
-    python -m data_pipelines.demo --out DATA_DIR [--num_clips 2400 --seed 0]
+Each clip also gets `num_captions` distinct captions written from its parameters by
+`caption_clip` ('a rising whistle, fairly loud', 'there are short bursts of hiss', ...), about a
+third of them with the literal label words ('harmonic tone', 'noise bursts', ...). They draw from
+their own random stream, so the audio does not depend on them.
+
+    python -m data_pipelines.demo --out DATA_DIR [--num_clips 2400 --seed 0 --num_captions 3]
 """
 from __future__ import annotations
 
@@ -324,15 +329,182 @@ def generate_clip(index: int, seed: int, sample_rate: int = 16000) -> tuple[np.n
     return x.astype(np.float32), class_name, params
 
 
+# ----------------------------------------------------------------------------- captions
+# Noun phrases per class; the first holds the label words (class name, '_' -> ' ') so that a
+# zero-shot prompt like 'chirp can be heard' means something. '+' marks a plural noun (takes
+# counts like 'a few'), '*' a mass noun; neither gets an article.
+_NOUNS = {
+    'harmonic_tone': ('harmonic tone', 'steady tone', 'sustained note', 'hum'),
+    'chirp': ('chirp', 'sweep', 'whistle', 'glide'),
+    'noise_bursts': ('+noise bursts', '+bursts of noise', '+blasts of noise', '+puffs of noise'),
+    'vowel': ('vowel', 'voice', 'sung note', 'vocal sound'),
+    'am_texture': ('AM texture', 'tremolo sound', 'modulated drone', 'amplitude-modulated sound'),
+    'fm_texture': ('FM texture', 'metallic tone', 'bell-like sound', 'clang'),
+    'click_train': ('click train', '+clicks', '*ticking', 'rattle'),
+    'band_noise': ('*band noise', 'band of noise', '*filtered noise', 'whoosh'),
+    'arpeggio': ('arpeggio', 'melody', 'tune', '+beeping notes'),
+    'drips': ('+drips', '*dripping water', '+water drops', '+droplets'),
+    'siren': ('siren', 'wailing tone', 'alarm', 'wail'),
+    'crackle': ('crackle', '*crackling', '*popping', '+pops and snaps'),
+}
+_COUNTED = {'noise_bursts': 'bursts', 'drips': 'drops', 'arpeggio': 'notes'}  # counts of '+' nouns
+_NUMBERS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten')
+_SOUNDS = {'a': 'ah', 'e': 'eh', 'i': 'ee', 'o': 'oh', 'u': 'oo'}
+_BACKGROUNDS = {'white': ('a hiss', 'white noise'), 'pink': ('pink noise', 'a soft hiss'),
+                'brown': ('a rumble', 'brown noise')}
+
+
+def _pitch(hz, low, high):
+    """Words for a pitch below `low` / above `high` Hz, () in between. In these word lists a
+    leading '~' puts the phrase after the noun, '>' at the very end (', loud')."""
+    if hz < low:
+        return ('low', 'low-pitched', 'deep', '~low in pitch')
+    return ('high', 'high-pitched', '~high in pitch') if hz > high else ()
+
+
+def _between(value, low, high, below, above):
+    return below if value < low else above if value > high else ()
+
+
+def _count(k):  # determiners of a plural noun
+    return ('two', 'a couple of') if k == 2 else ('a few', _NUMBERS[k]) if k < 5 else \
+        ('several',) if k < 8 else ('many', 'lots of')
+
+
+def _times(k, verb='repeated'):
+    word = 'twice' if k == 2 else f'{_NUMBERS[k]} times'
+    return (f'~{verb} {word}', f'~{word} in a row') if k > 1 else ()
+
+
+def _facts(c, p):
+    """Word lists true of clip params `p` of class `c` (adjectives in their English order), and
+    a list used only with a singular noun."""
+    if c == 'harmonic_tone':
+        return [_pitch(p['f0_hz'], 200, 450),
+                _between(p['harmonics'], 2, 4, ('pure', 'clean'), ('bright', 'buzzy', 'rich')),
+                ('~with vibrato', '~with a slight wobble') if p['vibrato_depth_percent'] >= 1.5 else ()], ()
+    if c == 'chirp':
+        return [_between(p['sweep_seconds'], 0.35, 0.9, ('quick', 'short'), ('slow', 'long')),
+                ('rising', 'upward', '~climbing upward', '~going up in pitch') if p['direction'] == 'rising'
+                else ('falling', 'downward', '~heading downward', '~dropping in pitch')], _times(p['sweeps'])
+    if c == 'noise_bursts':
+        return [_between(p['burst_seconds'], 0.18, 0.25, ('short', 'brief'), ('long',)),
+                ('sharp', '~that die away quickly') if p['envelope'] == 'decaying' else
+                ('soft-edged', '~fading in and out'),
+                {'white': ('bright', 'harsh'), 'brown': ('dull', 'muffled')}.get(p['noise_color'], ())], ()
+    if c == 'vowel':
+        v = _SOUNDS[p['vowel']]
+        return [_pitch(p['f0_hz'], 110, 170), (f'~singing "{v}"', f'~on an "{v}" sound')], \
+            _times(p['syllables'])
+    if c == 'am_texture':
+        low, high = (200, 400) if p['carrier'] == 'tone' else (800, 2500)
+        return [_between(p['am_rate_hz'], 5, 11, ('slowly pulsing', '~pulsing slowly'),
+                         ('fluttering', '~fluttering rapidly', '~with a fast tremolo')),
+                _pitch(p['center_hz'], low, high),
+                ('tonal', '~on a steady tone') if p['carrier'] == 'tone' else ('noisy', '~made of noise')], ()
+    if c == 'fm_texture':
+        return [_between(p['decay_seconds'], 0.4, 0.9, ('short', 'damped'), ('ringing', '~ringing out')),
+                _between(p['index'], 1.5, 5, ('mellow', 'soft'), ('harsh', 'clangorous')),
+                _pitch(p['carrier_hz'], 300, 1200)], \
+            _times(p['strikes'], 'struck') or ('single', '~struck once')
+    if c == 'click_train':
+        return [_between(p['click_rate_hz'], 10, 40, ('slow', '~at a slow, steady rate'),
+                         ('fast', 'buzzing', '~so fast it buzzes')),
+                _between(p['jitter_percent'], 3, 10, ('regular', 'steady'), ('irregular', 'uneven')),
+                ('~stopping and starting', f'~in {_NUMBERS[p["segments"]]} stretches')
+                if p['segments'] > 1 else ()], ()
+    if c == 'band_noise':
+        return [_between(p['bandwidth_octaves'], 0.8, 1.8, ('narrow',), ('broad', 'wide')),
+                _pitch(p['center_hz'], 500, 2500)], ()
+    if c == 'arpeggio':
+        return [_between(p['note_seconds'], 0.1, 0.2, ('quick', 'fast'), ('slow', 'unhurried')),
+                _pitch(p['base_hz'], 300, 600),
+                {'up': ('rising', 'ascending', '~going up'), 'down': ('falling', 'descending', '~going down')}
+                .get(p['pattern'], ('wandering', '~jumping around')),
+                (p['scale'], f'~in a {p["scale"]} scale')], \
+            (f'{_NUMBERS[p["notes"]]}-note', f'~of {_NUMBERS[p["notes"]]} notes')
+    if c == 'drips':
+        return [_pitch(p['freq_hz'], 800, 2000),
+                ('echoing', '~in a reverberant room', '~with an echo')
+                if p['reverb_seconds'] > 0.25 else ()], ()
+    if c == 'siren':
+        return [_between(p['sweep_rate_hz'], 0.5, 1.3, ('slow', '~slowly going up and down'),
+                         ('fast', 'rapid', '~wavering quickly')),
+                _pitch(p['center_hz'], 600, 1000),
+                ('~swinging widely in pitch',) if p['sweep_depth_percent'] > 30 else ()], ()
+    return [_between(p['crackle_rate_hz'], 30, 100, ('sparse', 'occasional'), ('dense', 'busy')),
+            ('~over a steady hiss', 'hissy') if p['bed_level_db'] > -12 else ()], ()
+
+
+def _surroundings(p):
+    """Loudness words, and background-noise phrases, of any clip."""
+    db = p['loudness_db']
+    loud = (('quiet', 'faint', '>quiet') if db <= -30 else () if db <= -24 else
+            ('fairly loud', '>fairly loud') if db <= -18 else ('loud', '>loud'))
+    pairs = [b.split(' ', 1) if b.startswith('a ') else ('', b) for b in _BACKGROUNDS[p['background']]]
+    level = (('over {a} loud {b}', 'buried in {a} {b}') if p['snr_db'] < 8 else
+             ('over {a} {b}', 'with {a} {b} in the background') if p['snr_db'] < 20 else
+             ('over {a} faint {b}',))
+    return loud, tuple(' '.join(t.format(a=a, b=b).split()) for t in level for a, b in pairs)
+
+
+def caption_rng(seed: int, index: int) -> np.random.Generator:
+    """The captions' random stream of clip `index`, apart from its audio's ([seed, index])."""
+    return np.random.default_rng([seed, index, 1])
+
+
+def caption_clip(class_name: str, params: dict, rng: np.random.Generator, n: int) -> list[str]:
+    """`n` distinct captions of a clip from its class and `generate_clip` parameters.
+
+    About a third use the class's literal label words ('harmonic tone', 'AM texture', ...), the
+    rest a synonym; descriptors (pitch, direction, counts, rates, loudness, background noise) are
+    only what is true of `params`; wording and word order vary with `rng`.
+    """
+    facts, single = _facts(class_name, params)
+    loud, background = _surroundings(params)
+    nouns, offset, captions = _NOUNS[class_name], int(rng.integers(3)), []
+    for _ in range(100 * n):
+        if len(captions) >= n:
+            break
+        noun = nouns[0] if (len(captions) + offset) % 3 == 0 else nouns[rng.integers(1, len(nouns))]
+        kind, noun = noun[0] if noun[0] in '+*' else '', noun.lstrip('+*')
+        if class_name == 'noise_bursts' and params['noise_color'] == 'white':
+            noun = noun.replace('of noise', 'of hiss')
+        lists = [loud, *facts, () if kind else single]
+        words = [str(rng.choice(f)) for f in lists if f and rng.random() < 0.5]
+        bg = str(rng.choice(background)) if rng.random() < 0.35 else ''
+        phrase = ' '.join([w for w in words if w[0] not in '~>'][:2] + [noun])
+        if not kind:
+            phrase = ('an ' if phrase[0] in 'aeiou' or phrase[:3] in ('AM ', 'FM ') else 'a ') + phrase
+        elif kind == '+' and class_name in _COUNTED and rng.random() < 0.6:
+            phrase = f'{rng.choice(_count(params[_COUNTED[class_name]]))} {phrase}'
+        after = ''.join(f', {w[1:]}' if i else f' {w[1:]}'
+                        for i, w in enumerate(w for w in words if w[0] == '~'))
+        tail = ''.join(f', {w[1:]}' for w in words if w[0] == '>')
+        template = int(rng.integers(5 if bg else 4))
+        caption = (f'{phrase}{after}', f'{phrase} can be heard{after}',
+                   f'there {"are" if kind == "+" else "is"} {phrase}{after}', f'you can hear {phrase}{after}',
+                   f'{bg}, {phrase}{after}')[template]
+        caption += f' {bg}' if bg and template < 4 else ''
+        caption += tail
+        if caption not in captions:
+            captions.append(caption)
+    return captions + [f'{captions[-1]} ({i})' for i in range(2, n - len(captions) + 2)]
+
+
 # ----------------------------------------------------------------------------- builder
 
 class DemoSounds(common.AudioBuilder, skip_registration=True):
-    """The procedural demo corpus as a TFDS dataset; ids are 'demo-000123'."""
+    """The procedural demo corpus as a TFDS dataset; ids are 'demo-000123'; captions included."""
 
     VERSION = tfds.core.Version('2.0.0')  # 2.0.0: 'caption' became 'captions' (a list)
 
-    def __init__(self, *, num_clips: int = 2400, seed: int = 0, sample_rate: int = 16000, **kwargs):
+    def __init__(
+        self, *, num_clips: int = 2400, seed: int = 0, sample_rate: int = 16000, num_captions: int = 3,
+        **kwargs,
+    ):
         self.num_clips, self.seed, self.sample_rate = num_clips, seed, sample_rate
+        self.num_captions = num_captions
         self.skipped = []
         super().__init__(**kwargs)
 
@@ -342,7 +514,8 @@ class DemoSounds(common.AudioBuilder, skip_registration=True):
             description='Procedural synthetic sounds in 12 classes (data_pipelines/demo.py).',
             features=common.audio_features(CLASSES),
             metadata=tfds.core.MetadataDict(
-                sample_rate=self.sample_rate, seed=self.seed, num_clips=self.num_clips),
+                sample_rate=self.sample_rate, seed=self.seed, num_clips=self.num_clips,
+                num_captions=self.num_captions),
         )
 
     def _split_generators(self, dl_manager):
@@ -355,21 +528,23 @@ class DemoSounds(common.AudioBuilder, skip_registration=True):
 
     def _generate_examples(self, indices):
         for i in indices:
-            x, class_name, _ = generate_clip(i, self.seed, self.sample_rate)
+            x, class_name, params = generate_clip(i, self.seed, self.sample_rate)
             id_ = f'demo-{i:06d}'
             reason = common.audio_problem(x, self.sample_rate, min_seconds=0.5)
             if reason:
                 self.skipped.append((id_, reason))
                 continue
-            yield id_, common.example(id_, common.to_int16(x), class_name)
+            captions = caption_clip(class_name, params, caption_rng(self.seed, i), self.num_captions)
+            yield id_, common.example(id_, common.to_int16(x), class_name, captions=captions)
 
 
 def build(
-    out: str, *, num_clips: int = 2400, seed: int = 0, sample_rate: int = 16000
+    out: str, *, num_clips: int = 2400, seed: int = 0, sample_rate: int = 16000, num_captions: int = 3
 ) -> common.BuildReport:
     """Generates the demo corpus into a TFDS dataset in DATA_DIR `out` (splits 80/10/10)."""
     return common.prepare_dataset(
-        DemoSounds, out, num_clips=num_clips, seed=seed, sample_rate=sample_rate)
+        DemoSounds, out, num_clips=num_clips, seed=seed, sample_rate=sample_rate,
+        num_captions=num_captions)
 
 
 def main(argv=None) -> None:
@@ -378,6 +553,7 @@ def main(argv=None) -> None:
     parser.add_argument('--num_clips', type=int, default=2400)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--sample_rate', type=int, default=16000)
+    parser.add_argument('--num_captions', type=int, default=3)
     print('\n'.join(build(**vars(parser.parse_args(argv))).summary_lines()))
 
 

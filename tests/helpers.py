@@ -32,3 +32,17 @@ def tiny_config(data_dir, **extra):
     from avpretrain import config as config_lib
 
     return config_lib.load_config(str(REPO / TINY_CONFIG), tiny_overrides(data_dir, **extra))
+
+
+def read_all(data_dir) -> dict[str, dict]:
+    """id -> example over all splits of the dataset in ``data_dir``, with its ``split`` and the
+    captions decoded to str."""
+    from avpretrain.data import source
+
+    examples = {}
+    for split, n in source.dataset_meta(data_dir).num_examples.items():
+        ds = source.data_source(data_dir, split)
+        for i in range(n):
+            ex = ds[i]
+            examples[ex['id'].decode()] = dict(ex, split=split, captions=[c.decode() for c in ex['captions']])
+    return examples

@@ -1,5 +1,6 @@
 """M2D weights ↔ the PyTorch reference names, checked against a numpy re-implementation of the reference forward."""
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -187,11 +188,19 @@ def test_errors_name_the_key(state_dict, edit, input_size, key):
         interop.load_state_dict(sd, **HEADS, input_size=input_size)
 
 
-def test_path_without_torch_says_so(tmp_path):
-    try:
-        import torch  # noqa: F401
-        pytest.skip("torch is installed")
-    except ImportError:
-        pass
+def test_pth_round_trip_with_torch(state_dict, tmp_path):
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    model = interop.load_state_dict(state_dict, **HEADS, input_size=INPUT)
+    path = tmp_path / "ours.pth"
+    interop.save_pth(model, path, norm_stats=(-7.1, 4.2))
+    saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    np.testing.assert_allclose(interop.norm_stats_of({k: v.numpy() for k, v in saved.items()}), (-7.1, 4.2), rtol=1e-6)
+    back = interop.to_state_dict(interop.load_state_dict(str(path), **HEADS, input_size=INPUT))
+    ours = interop.to_state_dict(model)
+    assert back.keys() == ours.keys() and all(np.array_equal(back[k], ours[k]) for k in ours)
+
+
+def test_path_without_torch_says_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if the torch extra were not installed
     with pytest.raises(ImportError, match="PyTorch"):
         interop.load_state_dict(str(tmp_path / "m2d.pth"), **HEADS)

@@ -74,9 +74,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
 
 
 def test_unknown_config_key_fails_before_compiling(tmp_path, capsys):
-    rc = cli.main(["train", f"--config={REPO / TINY_CONFIG}", "--config.optim.lrr=0.1", f"--workdir={tmp_path}"])
+    rc = cli.main(["train", f"--config={REPO / TINY_CONFIG}", "--config.optim.base_lrr=0.1", f"--workdir={tmp_path}"])
     err = capsys.readouterr().err
-    assert rc == 2 and "unknown config key 'optim.lrr'" in err and "did you mean 'optim.base_lr'" in err
+    assert rc == 2 and "unknown config key 'optim.base_lrr'" in err and "did you mean 'optim.base_lr'" in err
     assert not any(tmp_path.iterdir())  # nothing was written, nothing compiled
     rc = cli.main(["train", f"--config={REPO / TINY_CONFIG}", "--config.model.width=wide", f"--workdir={tmp_path}"])
     assert rc == 2 and "config key 'model.width': cannot set 'wide' on a int field" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import grain
 import jax
 import numpy as np
 
-from avpretrain import audio
+from avpretrain import audio, metrics as metrics_lib
 from avpretrain.data import source as source_lib
 
 INT16_SCALE = 1.0 / 32768.0
@@ -35,10 +35,63 @@ def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None)
 
 @dataclasses.dataclass(frozen=True)
 class RandomCrop(grain.transforms.RandomMap):
+    """A random crop of ``length`` samples; with stored captions, also one caption embedding drawn
+    at random (the per-element rng is seeded by grain from the seed and the position in the
+    repeated stream: deterministic by seed, a new draw each epoch)."""
+
     length: int
 
     def random_map(self, element, rng: np.random.Generator):
-        return {"audio": _crop_or_pad(element["audio"], self.length, rng)}
+        out = {"audio": _crop_or_pad(element["audio"], self.length, rng)}
+        if "caption_embeddings" in element:
+            captions = element["caption_embeddings"]
+            out["text_emb"] = np.asarray(captions[rng.integers(len(captions))])
+        return out
+
+
+class CaptionedSource:
+    """The records of a split that have captions, each with its stored caption embeddings.
+
+    Records without captions are left out (and counted in ``num_without_captions``). Each record's
+    id is checked against the store, so a dataset rebuilt after embedding fails loudly.
+    """
+
+    def __init__(self, src, store):
+        if len(store) != len(src):
+            raise ValueError(f"caption embeddings of {store.model!r} list {len(store)} records of split "
+                             f"{store.split!r} but the dataset has {len(src)}: the dataset changed since "
+                             "`avpretrain data embed-captions`; run it again")
+        self.src, self.store = src, store
+        self.index = np.flatnonzero(np.diff(store.offsets) > 0)
+        self.num_without_captions = len(src) - len(self.index)
+        if not len(self.index):
+            raise ValueError(f"split {store.split!r} has no captioned records")
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        record = int(self.index[i])
+        element = self.src[record]
+        if element["id"].decode() != self.store.ids[record]:
+            raise ValueError(f"record {record} of split {self.store.split!r} is {element['id'].decode()!r} but the "
+                             f"caption embeddings expect {self.store.ids[record]!r}: run embed-captions again")
+        return {"audio": element["audio"], "caption_embeddings": self.store.for_record(record)}
+
+
+def training_source(config):
+    """The training split as a random-access source (``CaptionedSource`` with data.use_captions)."""
+    src = source_lib.data_source(config.data.dir, config.data.split)
+    if not config.data.use_captions:
+        return src
+    from avpretrain.data import captions
+
+    store = captions.CaptionEmbeddings.open(config.data.dir, config.data.split, config.data.text_model or None)
+    captioned = CaptionedSource(src, store)
+    if captioned.num_without_captions:
+        metrics_lib.log(f"{config.data.dir}: {captioned.num_without_captions} of {len(src)} {config.data.split} "
+                        "records have no caption and are left out of caption-conditioned training")
+    return captioned
 
 
 def process_batch_size(global_batch: int) -> int:
@@ -50,7 +103,7 @@ def process_batch_size(global_batch: int) -> int:
 def train_dataset(config, *, seed: int | None = None) -> grain.IterDataset:
     """This process's infinite, shuffled stream of cropped-and-batched training examples."""
     seed = config.seed if seed is None else seed
-    ds = grain.MapDataset.source(source_lib.data_source(config.data.dir, config.data.split))
+    ds = grain.MapDataset.source(training_source(config))
     if len(ds) < jax.process_count():
         raise ValueError(f"{config.data.dir}: split {config.data.split!r} has {len(ds)} examples "
                          f"for {jax.process_count()} processes")
@@ -72,17 +125,21 @@ def eval_batches(data_dir: str, split: str, *, batch_size: int, pad_multiple: in
     """Every example of ``split`` once, in order, as padded numpy batches (each example read once).
 
     Each batch: ``audio`` [B, L] float32 with L the batch's longest clip rounded up to
-    ``pad_multiple`` (capped at ``max_samples``), ``num_samples`` [B], ``label`` [B], and
-    ``mask`` [B] (0 for the padding examples that fill the last batch).
+    ``pad_multiple`` (capped at ``max_samples``), ``num_samples`` [B], ``label`` [B], ``mask`` [B]
+    (0 for the padding examples that fill the last batch), and for the real examples only:
+    ``record`` (index in the split), ``id`` (str) and ``captions`` (list of str) lists.
     """
     src = source_lib.data_source(data_dir, split)
     indices = np.arange(len(src))[process_index::process_count]
     for start in range(0, len(indices), batch_size):
-        waves, labels = [], []
+        waves, labels, info = [], [], {"record": [], "id": [], "captions": []}
         for i in indices[start:start + batch_size]:
             example = src[int(i)]
             waves.append(example["audio"] if max_samples is None else example["audio"][:max_samples])
             labels.append(int(example["label"]))
+            info["record"].append(int(i))
+            info["id"].append(example["id"].decode())
+            info["captions"].append([c.decode() for c in example.get("captions", [])])
         longest = max(len(w) for w in waves)
         length = -(-longest // pad_multiple) * pad_multiple
         out = {"audio": np.zeros((batch_size, length), np.float32),
@@ -93,4 +150,4 @@ def eval_batches(data_dir: str, split: str, *, batch_size: int, pad_multiple: in
             out["num_samples"][row] = len(wave)
             out["label"][row] = labels[row]
             out["mask"][row] = 1.0
-        yield out
+        yield out | info

@@ -182,7 +182,7 @@ def save_pth(model: M2D, path, norm_stats: tuple[float, float] | None = None) ->
         import torch
     except ImportError as e:
         raise ImportError("save_pth needs PyTorch (pip install torch); to_state_dict gives numpy arrays") from e
-    sd = {k: torch.from_numpy(v) for k, v in to_state_dict(model).items()}
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(model).items()}
     if norm_stats is not None:
         sd["norm_stats"] = torch.tensor(list(norm_stats), dtype=torch.float32)
     torch.save({"model": sd}, path)

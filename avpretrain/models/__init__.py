@@ -1,7 +1,11 @@
-"""Model registry: ``config.method`` → constructor taking (config.model, rngs)."""
-from avpretrain.models import m2d
+"""Model registry: ``config.method`` → constructor taking (config.model, rngs, encoder_only)."""
+from avpretrain.models import m2d, m2d_clap
 
-MODELS = {"m2d": m2d.from_config}
+MODELS = {
+    "m2d": m2d.from_config,
+    "m2d_clap": m2d_clap.stage1_from_config,   # stage 1: M2D + CLAP
+    "m2d2": m2d_clap.stage2_from_config,       # stage 2: semantic head + trainable text side
+}
 
 
 def create(config, rngs, encoder_only: bool = False):

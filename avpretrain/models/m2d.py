@@ -52,6 +52,15 @@ def norm_mse_loss(pred_BMD, target_BMD):
 
 class M2D(nnx.Module):
     TRAINABLE = TRAINABLE
+    EMA = True  # the trainer calls ``ema_update`` after each step
+    # Top-level attributes of the online encoder: what exports keep, what ``param_group`` calls
+    # "encoder" (optim.lr_mult.encoder) and what a later stage usually initialises from.
+    ENCODER = ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")
+
+    @classmethod
+    def param_group(cls, path: tuple) -> str:
+        """"encoder" for the online encoder's params, "head" for everything else."""
+        return "encoder" if str(path[0]) in cls.ENCODER else "head"
 
     def __init__(self, *, input_frames: int, n_mels: int = 80, patch: int = 16, width: int, depth: int,
                  num_heads: int, mlp_ratio: float = 4.0, pred_width: int, pred_depth: int, pred_heads: int,
@@ -179,12 +188,15 @@ class M2D(nnx.Module):
         return float(3 * (online + predictor) + target)
 
 
-def from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D:
-    """An M2D from ``config.model`` (size preset, overridable per field)."""
+def kwargs_from_config(model_config, encoder_only: bool = False) -> dict:
+    """M2D constructor arguments from ``config.model`` (size preset, overridable per field)."""
     m = model_config
     dims = dict(SIZES[m.size])
     dims.update({k: m[k] for k in dims if m.get(k) is not None})
-    dtype = jnp.dtype(m.get("dtype", "float32"))
-    return M2D(input_frames=m.input_frames, n_mels=m.get("n_mels", 80), patch=m.get("patch", 16),
-               mlp_ratio=m.get("mlp_ratio", 4.0), mask_ratio=m.mask_ratio, dtype=dtype,
-               encoder_only=encoder_only, rngs=rngs, **dims)
+    return dict(input_frames=m.input_frames, n_mels=m.get("n_mels", 80), patch=m.get("patch", 16),
+                mlp_ratio=m.get("mlp_ratio", 4.0), mask_ratio=m.mask_ratio,
+                dtype=jnp.dtype(m.get("dtype", "float32")), encoder_only=encoder_only, **dims)
+
+
+def from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D:
+    return M2D(rngs=rngs, **kwargs_from_config(model_config, encoder_only))

