@@ -17,6 +17,9 @@ from avpretrain import audio, metrics as metrics_lib, sharding, train
 from avpretrain.data import pipeline
 
 
+SYNTHETIC_TEXT_DIM = 768  # sentence-embedding width without a dataset (GTE-base, as in M2D-CLAP)
+
+
 def _xla_figures(compiled) -> tuple[float | None, float | None]:
     """(FLOPs, bytes of arguments + temporaries) of one device's program, when XLA reports them."""
     flops = memory = None
@@ -37,6 +40,11 @@ def _xla_figures(compiled) -> tuple[float | None, float | None]:
 def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
     rules = config.sharding_rules
     norm_stats = tuple(config.data.norm_stats) or (audio.M2D_NORM_MEAN, audio.M2D_NORM_STD)
+    if config.data.use_captions:  # audio-language configs: the text width of the stored embeddings
+        if config.data.dir:
+            train.resolve_text_targets(config)
+        elif not config.model.get("text_dim"):
+            config.model.text_dim = SYNTHETIC_TEXT_DIM
     train_state = train.create_train_state(config, mesh)
     model = train_state.model
     trainable = sum(x.size for x in jax.tree.leaves(nnx.state(model, train_state.opt.wrt)))
@@ -47,7 +55,11 @@ def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
     local_batch = pipeline.process_batch_size(config.batch_size)
     rng = np.random.default_rng(config.seed + jax.process_index())
     waves = (0.1 * rng.standard_normal((local_batch, pipeline.clip_samples(config)))).astype(np.float32)
-    batch = pipeline.to_global({"audio": waves}, batch_sharding)
+    batch = {"audio": waves}
+    if config.data.use_captions:
+        text = rng.standard_normal((local_batch, config.model.text_dim))
+        batch["text_emb"] = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float16)
+    batch = pipeline.to_global(batch, batch_sharding)
 
     with sharding.mesh_rules(mesh, rules):
         t0 = time.perf_counter()

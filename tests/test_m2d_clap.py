@@ -157,3 +157,14 @@ def test_zero_shot_and_retrieval_commands(stage1, captioned, tmp_path, capsys, m
     assert re.fullmatch(r"retrieval a2t R@1=\S+ R@5=\S+ R@10=\S+ t2a R@1=\S+ R@5=\S+ R@10=\S+ mAP@10=\S+", lines[-1])
     # a missing model: a clear error, exit status 2
     assert cli.main(["eval", "zero-shot", f"--model={tmp_path / 'nowhere'}", f"--data={captioned}"]) == 2
+
+
+def test_bench_runs_stage2_with_synthetic_text_and_a_frozen_encoder(capsys):
+    from avpretrain import bench
+
+    config = config_lib.load_config(STAGE2, {k: v for k, v in tiny_overrides("").items() if k != "data.dir"})
+    r = bench.run(config, steps=2, warmup=1, data_batches=0)
+    assert config.model.text_dim == bench.SYNTHETIC_TEXT_DIM
+    assert r["step_time_s"] > 0 and r["flops_per_step"] > 0
+    assert 0 < r["params_trainable"] < r["params_total"]  # the frozen encoder is not counted as trainable
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bench: step_time_ms=")
