@@ -61,7 +61,7 @@ def clap_report(run_dir: str) -> str:
         values = [zero_shot[s]["accuracy"], retrieval[s]["a2t_R@1"], retrieval[s]["t2a_R@1"], retrieval[s]["mAP@10"]]
         bars = ax2.bar([j + (i - 0.5) * width for j in range(len(names))], [100 * v for v in values], width, label=s)
         ax2.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax2.axhline(100 * zero_shot["stage1"]["chance"], color="gray", ls="--", lw=1, label="zero-shot chance")
+    ax2.hlines(100 * zero_shot["stage1"]["chance"], -0.5, 0.5, color="gray", ls="--", lw=1, label="zero-shot chance")
     ax2.set_xticks(range(len(names)), names)
     ax2.set(ylabel="%", ylim=(0, 100), title="held-out test clips")
     ax2.legend(fontsize=8)
