@@ -67,6 +67,8 @@ def make_optimizer(config, model):
     mult = {g: float(m) for g, m in dict(o.get("lr_mult", {})).items()}
     group_of = getattr(type(model), "param_group", None)
     wrt = getattr(type(model), "TRAINABLE", nnx.Param)
+    if any(m < 0 for m in mult.values()):
+        raise ValueError(f"optim.lr_mult={mult}: multipliers must be >= 0 (0 freezes a group)")
     if group_of is None and any(m != 1 for m in mult.values()):
         raise ValueError(f"optim.lr_mult={mult}: {type(model).__name__} has no parameter groups")
     frozen = {g for g, m in mult.items() if m == 0}
