@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("multiprocess")]
 LAUNCHER = REPO / "launch" / "cpu_multiprocess.sh"
 LAUNCH_TIMEOUT_S = 420
 
+PER_PROCESS_BATCH = tiny_overrides("")["batch_size"] // 2  # the global batch over 2 processes
+
 
 def _overrides(data_dir):
     return tiny_overrides(data_dir, total_steps=6, log_every=1, checkpoint_every=3)
@@ -77,10 +79,11 @@ def test_two_processes_stop_at_checkpoint(stopped):
     assert "train done: step 3" in (workdir / "logs" / "process_1.log").read_text()
     step_dir = workdir / "checkpoints" / "3"
     assert (step_dir / "state").is_dir()
-    # One grain iterator state per process: each read 3 batches of its own shard.
+    # One grain iterator state per process: each read 3 batches of 4 clips (8 over 2 processes) of
+    # its own shard; the state counts clips (batching follows the per-clip prefetch).
     assert _iter_files(step_dir) == ["process_0-of-2.json", "process_1-of-2.json"]
     for name in _iter_files(step_dir):
-        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 3}
+        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 3 * PER_PROCESS_BATCH}
 
 
 def test_two_processes_resume_and_finish(resumed):
@@ -93,7 +96,7 @@ def test_two_processes_resume_and_finish(resumed):
     step_dir = workdir / "checkpoints" / "6"
     assert _iter_files(step_dir) == ["process_0-of-2.json", "process_1-of-2.json"]
     for name in _iter_files(step_dir):
-        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 6}
+        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 6 * PER_PROCESS_BATCH}
 
 
 def test_two_process_checkpoint_restores_in_one_process(resumed, data_dir):

@@ -109,7 +109,12 @@ def train_dataset(config, *, seed: int | None = None) -> grain.IterDataset:
                          f"for {jax.process_count()} processes")
     ds = ds[jax.process_index()::jax.process_count()]
     ds = ds.shuffle(seed=seed).repeat(None).random_map(RandomCrop(clip_samples(config)), seed=seed)
-    ds = ds.batch(process_batch_size(config.batch_size), drop_remainder=True).to_iter_dataset()
+    # Threads read and crop single clips ahead of the consumer; the buffer counts clips, not
+    # batches (grain's default of 500 *batches* held gigabytes per host at pretraining batch sizes).
+    batch = process_batch_size(config.batch_size)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
+                                              prefetch_buffer_size=config.data.prefetch_batches * batch))
+    ds = ds.batch(batch, drop_remainder=True)
     if config.data.num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
     return ds
