@@ -31,6 +31,12 @@ TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.PathContains("target_blocks")
                                                 nnx.PathContains("target_norm"))))
 
 
+def transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of ``depth`` pre-norm blocks over ``tokens`` tokens (matmuls + attention)."""
+    per_token = 2 * (4 * width * width + 2 * width * int(width * mlp_ratio))
+    return depth * (tokens * per_token + 4 * tokens * tokens * width)
+
+
 def random_masking(rng, batch: int, num_patches: int, mask_ratio: float):
     """Per-sample random masking: (ids_shuffle [B, N], ids_restore [B, N], len_keep).
 
@@ -176,9 +182,8 @@ class M2D(nnx.Module):
         d = self.dims
         n, k = self.num_patches, int(self.num_patches * (1 - self.mask_ratio))
 
-        def stack(tokens, width, depth, mlp_ratio=d["mlp_ratio"]):
-            per_token = 2 * (4 * width * width + 2 * width * int(width * mlp_ratio))
-            return depth * (tokens * per_token + 4 * tokens * tokens * width)
+        def stack(tokens, width, depth):
+            return transformer_flops(tokens, width, depth, d["mlp_ratio"])
 
         p2 = self.patch * self.patch
         online = 2 * n * p2 * d["width"] + stack(1 + k, d["width"], d["depth"])

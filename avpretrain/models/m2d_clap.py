@@ -105,11 +105,11 @@ class M2D2(M2D):
                                  self.logit_scale[...])
 
     def flops_per_example(self) -> float:
+        """Analytic training FLOPs for one example, the encoder counted frozen (forward only)."""
         d, n = self.dims, self.num_patches
-        per_token = 2 * (4 * d["width"] ** 2 + 2 * d["width"] * int(d["width"] * d["mlp_ratio"]))
-        encoder = d["depth"] * (n * per_token + 4 * n * n * d["width"])
-        head = len(self.semantic_blocks) * ((n + 1) * per_token + 4 * (n + 1) ** 2 * d["width"])
-        return float(encoder + 3 * head)  # the encoder's backward is counted as if frozen
+        encoder = m2d.transformer_flops(n + 1, d["width"], d["depth"], d["mlp_ratio"])
+        head = m2d.transformer_flops(n + 1, d["width"], len(self.semantic_blocks), d["mlp_ratio"])
+        return float(encoder + 3 * head)
 
 
 def _kwargs(m, encoder_only):
