@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import shutil
 import zlib
 
@@ -200,6 +201,17 @@ def test_store_layout_and_record_alignment(data):
     # Complete: a rerun embeds nothing and loads no model.
     again = embed(data, FakeEncoder(fail_after=0))
     assert again.complete and again.num_captions == 0 and again.total_captions == 13
+
+
+def test_a_pickled_store_maps_the_files_again(data):
+    """grain worker processes receive the store pickled: a memory map again, not a copy of the rows."""
+    embed(data, FakeEncoder())
+    store = captions.CaptionEmbeddings.open(data, "train")
+    back = pickle.loads(pickle.dumps(store))
+    # a pickled np.memmap comes back as an in-memory copy with no file behind it
+    assert back.embeddings.filename == store.embeddings.filename is not None
+    assert back.ids == store.ids and np.array_equal(back.offsets, store.offsets)
+    np.testing.assert_array_equal(back.embeddings, store.embeddings)
 
 
 def test_sharded_runs_equal_one_run(built, tmp_path):

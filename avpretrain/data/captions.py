@@ -76,7 +76,7 @@ def _offline() -> bool:
 class SentenceEncoder:
     """A sentence-transformers model: `encode(texts)` -> float32 [N, dim] with unit-norm rows."""
 
-    def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, *, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, *, device: str = "cpu", batch_size: int = 256):
         path = resolve_model(name_or_path)
         from sentence_transformers import SentenceTransformer
 
@@ -184,6 +184,11 @@ class CaptionEmbeddings:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __reduce__(self):
+        # Sent to grain worker processes: they map the files again instead of receiving a copy of
+        # every row (a pickled np.memmap is a full in-memory array).
+        return CaptionEmbeddings._load, (self.directory, self.split)
+
     @property
     def num_captions(self) -> int:
         return int(self.offsets[-1])
@@ -225,6 +230,10 @@ class CaptionEmbeddings:
                     f"no caption embeddings of {model} beside {source.find_dataset_dir(data_dir)} "
                     f"(stored: {', '.join(have) if have else 'none'}); compute them with "
                     f"`avpretrain data embed-captions --data {data_dir} --model {model}`")
+        return cls._load(store, split)
+
+    @classmethod
+    def _load(cls, store: pathlib.Path, split: str) -> CaptionEmbeddings:
         meta = _read_json(store / _METADATA)
         if split not in meta["splits"]:
             raise ValueError(f"split {split!r} not in the caption embeddings {store} "
@@ -329,7 +338,7 @@ def _l2_normalize_f16(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float16)
 
 
-def _encode(encoder, sentences: list[str], batch_size: int, bar) -> np.ndarray:
+def _encode(encoder, sentences: list[str], batch_size: int) -> np.ndarray:
     """float16 [len(sentences), dim]: batches of similar lengths (less padding), original order."""
     out = np.zeros((len(sentences), encoder.dim), np.float16)
     order = sorted(range(len(sentences)), key=lambda j: -len(sentences[j]))
@@ -342,7 +351,6 @@ def _encode(encoder, sentences: list[str], batch_size: int, bar) -> np.ndarray:
         if not np.all(np.isfinite(x)):
             raise ValueError(f"encoder {encoder.name!r} returned non-finite embeddings")
         out[rows] = _l2_normalize_f16(x)
-        bar.update(len(rows))
     return out
 
 
@@ -400,7 +408,7 @@ def _merged(store: pathlib.Path) -> dict | None:
     return meta if all(f.is_file() for f in files) else None
 
 
-def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 64,
+def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 256,
                    shard: tuple[int, int] = (0, 1), chunk_records: int = 2048, encoder=None,
                    progress: bool = True, device: str = "cpu") -> EmbedResult:
     """Embeds this shard's chunks of every split's captions (resuming), and merges when all are there.
@@ -445,42 +453,35 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
     job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits,
                     dim=None if encoder is None else encoder.dim)
 
-    # The shard's unfinished chunks, read up front (captions only): the progress bar gets its total.
+    # The shard's unfinished chunks, one at a time: read its captions, embed them, write the part
+    # (a killed job loses at most one chunk; the model loads at the first chunk with captions).
     chunks = [(split, c) for split, n in _chunk_counts(splits, chunk_records).items() for c in range(n)]
     mine = [(split, c) for k, (split, c) in enumerate(chunks) if k % count == index]
     pending = [(split, c) for split, c in mine if not _part_path(store, split, c).is_file()]
-    work, sources = [], {}
+    embedded, encode_seconds, sources = 0, 0.0, {}
     with tqdm(total=sum(min(chunk_records, splits[s] - c * chunk_records) for s, c in pending),
-              desc="read captions", unit="record", file=sys.stderr, disable=not progress or not pending) as bar:
+              desc=f"embed captions ({name})", unit="record", file=sys.stderr,
+              disable=not progress or not pending, smoothing=0.1) as bar:
         for split, c in pending:
             if split not in sources:
                 sources[split] = source.data_source(dataset_dir, split)
             start = c * chunk_records
             ids, captions = _read_captions(sources[split], start, min(splits[split], start + chunk_records))
-            work.append((split, c, ids, captions))
-            bar.update(len(ids))
-
-    embedded, encode_seconds = 0, 0.0
-    num_sentences = sum(len(record) for *_, captions in work for record in captions)
-    if num_sentences and encoder is None:
-        encoder = SentenceEncoder(model, device=device, batch_size=batch_size)
-    if encoder is not None and job.get("dim") is None:
-        job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits, dim=encoder.dim)
-    with tqdm(total=num_sentences, desc=f"embed captions ({name})", unit="caption", file=sys.stderr,
-              disable=not progress or not num_sentences, smoothing=0.1) as bar:
-        for split, c, ids, captions in work:
             sentences = [s for caps in captions for s in caps]
-            start = time.perf_counter()
-            if sentences:
-                x = _encode(encoder, sentences, batch_size, bar)
-            else:
-                x = np.zeros((0, job.get("dim") or 0), np.float16)
-            seconds = time.perf_counter() - start
+            if sentences and encoder is None:
+                encoder = SentenceEncoder(model, device=device, batch_size=batch_size)
+            if encoder is not None and job.get("dim") is None:
+                job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits, dim=encoder.dim)
+            t0 = time.perf_counter()
+            x = _encode(encoder, sentences, batch_size) if sentences else np.zeros((0, job.get("dim") or 0), np.float16)
+            seconds = time.perf_counter() - t0
             encode_seconds += seconds
             embedded += len(sentences)
             arrays = {"ids": np.array(ids, dtype=str), "counts": np.array([len(cs) for cs in captions], np.int64),
                       "embeddings": x, "seconds": np.float64(seconds)}
             _atomic_write(_part_path(store, split, c), lambda f, a=arrays: np.savez(f, **a))
+            bar.update(len(ids))
+            bar.set_postfix(captions=embedded)
     rate = embedded / encode_seconds if embedded and encode_seconds > 0 else 0.0
 
     if not all(_part_path(store, split, c).is_file() for split, c in chunks):

@@ -59,8 +59,8 @@ def norm_mse_loss(pred_BMD, target_BMD):
 class M2D(nnx.Module):
     TRAINABLE = TRAINABLE
     EMA = True  # the trainer calls ``ema_update`` after each step
-    # Top-level attributes of the online encoder: what exports keep, what ``param_group`` calls
-    # "encoder" (optim.lr_mult.encoder) and what a later stage usually initialises from.
+    # Top-level attributes of the online encoder: what ``param_group`` calls "encoder"
+    # (optim.lr_mult.encoder); a later stage initialises from these (config.init.params).
     ENCODER = ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")
 
     @classmethod
