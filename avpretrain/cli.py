@@ -21,16 +21,59 @@ import shlex
 import sys
 
 
+CONFIG_EPILOG = ("Any config value can be overridden with --config.KEY=VALUE (e.g. --config.total_steps=500 "
+                 "--config.optim.base_lr=1e-3 --config.data.dir=DATA); unknown keys and out-of-range values "
+                 "are refused before anything runs.")
+
+
 def _config_args(parser):
-    parser.add_argument("--config", required=True, help="config file and argument, e.g. configs/m2d.py:size=tiny,runlocal")
+    parser.add_argument("--config", required=True,
+                        help="config file and argument, e.g. configs/m2d.py:size=tiny,runlocal (configs/... is "
+                        "also found in the installed project)")
+    parser.epilog = CONFIG_EPILOG
+
+
+def _int_at_least(minimum):
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= {minimum}")
+        return value
+
+    return parse
+
+
+positive_int, non_negative_int = _int_at_least(1), _int_at_least(0)
+
+
+def _output_dir(path, option) -> str:
+    """``path`` for ``option`` (a directory that will be written): refused, before any work, when it
+    is a file or cannot be created or written."""
+    import pathlib
+    import tempfile
+
+    directory = pathlib.Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{option}={path} is a file, expected a directory")
+    existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ValueError(f"{option}={path}: not writable ({e.strerror or e} in {existing})") from None
+    return path
 
 
 def _distributed_args(parser):
     g = parser.add_argument_group("multi-process (auto-detected on TPU pods and SLURM)")
     g.add_argument("--coordinator", help="host:port of process 0")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
-    g.add_argument("--local-devices", type=int, help="force this many CPU devices per process")
+    g.add_argument("--num-processes", type=positive_int, help="number of processes in the job")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes-1")
+    g.add_argument("--local-devices", type=positive_int, help="force this many CPU devices per process")
 
 
 def _load_config(args, overrides):
@@ -47,6 +90,7 @@ def _init_distributed(args):
 
 def cmd_train(args, overrides):
     config = _load_config(args, overrides)  # rejects unknown keys before anything compiles
+    _output_dir(args.workdir, "--workdir")
     _init_distributed(args)
     from avpretrain import train
 
@@ -63,6 +107,7 @@ def cmd_train(args, overrides):
 def cmd_export(args, overrides):
     from avpretrain import export
 
+    _output_dir(args.out, "--out")
     out = export.export(args.workdir, args.out, step=args.step)
     print(f"exported encoder to {out}")
 
@@ -88,6 +133,7 @@ def cmd_data_build(args, overrides):
 
 def cmd_data_stats(args, overrides):
     config = _load_config(args, overrides)
+    _output_dir(args.workdir, "--workdir")
     from avpretrain import train
 
     mean, std = train.load_or_compute_norm_stats(config, args.workdir)
@@ -197,15 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="pretrain (resumes from the workdir's latest checkpoint)")
     _config_args(t)
-    t.add_argument("--workdir", required=True)
-    t.add_argument("--stop-at", type=int, help="end this run at this step (checkpointed); the schedule is unchanged")
+    t.add_argument("--workdir", required=True,
+                   help="run directory: config.json, checkpoints/, metrics.jsonl, tensorboard/, norm_stats.json")
+    t.add_argument("--stop-at", type=positive_int,
+                   help="end this run at this step (checkpointed); the schedule is unchanged")
     _distributed_args(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write a params-only encoder from a training workdir")
-    e.add_argument("--workdir", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--step", type=int)
+    e.add_argument("--workdir", required=True, help="a training workdir (avpretrain train --workdir)")
+    e.add_argument("--out", required=True, help="directory to write the export into (config.json, params/)")
+    e.add_argument("--step", type=positive_int, help="export this checkpointed step (default: the latest)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -214,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
     b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
                    "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
-    b.add_argument("--sample-rate", type=int, default=16000)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--num-clips", type=int, default=2400, help="demo: number of clips")
-    b.add_argument("--num-captions", type=int, default=3, help="demo: captions per clip")
+    b.add_argument("--sample-rate", type=positive_int, default=16000, help="stored sample rate (Hz)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the demo corpus / of the 80/10/10 split")
+    b.add_argument("--num-clips", type=positive_int, default=2400, help="demo: number of clips")
+    b.add_argument("--num-captions", type=non_negative_int, default=3, help="demo: captions per clip")
     b.add_argument("--min-seconds", type=float, default=0.5,
                    help="audio_folder/audiocaps/clotho: shorter files are skipped")
     b.set_defaults(func=cmd_data_build)
@@ -230,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="all-MiniLM-L6-v2",
                    help="sentence-transformers model: a local directory or a name in the local HF cache "
                    "(default: the packaged all-MiniLM-L6-v2)")
-    c.add_argument("--batch-size", type=int, default=256,
+    c.add_argument("--batch-size", type=positive_int, default=256,
                    help="sentences per forward pass (256: about 2x the throughput of 64 on CPU)")
     c.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="i/n",
                    help="embed chunks k with k %% n == i; the shard that completes the set merges it")
@@ -242,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--model", required=True, help="an exported encoder directory")
     lp.add_argument("--data", required=True, help="a dataset directory with train/validation/test")
     lp.add_argument("--random-init", action="store_true", help="the same architecture, randomly initialised")
-    lp.add_argument("--seed", type=int, default=0)
-    lp.add_argument("--batch-size", type=int, default=32)
+    lp.add_argument("--seed", type=int, default=0, help="seed of the probe's init and shuffling (and random init)")
+    lp.add_argument("--batch-size", type=positive_int, default=32, help="clips embedded per call")
     lp.add_argument("--json-out", help="also write the result as JSON")
     lp.set_defaults(func=cmd_eval_linear_probe)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
@@ -252,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd, func in ((zs, cmd_eval_zero_shot), (rt, cmd_eval_retrieval)):
         cmd.add_argument("--model", required=True, help="an exported M2D-CLAP / M2D2 model directory")
         cmd.add_argument("--data", required=True, help="a dataset directory")
-        cmd.add_argument("--split", default="test")
-        cmd.add_argument("--batch-size", type=int, default=32)
+        cmd.add_argument("--split", default="test", help="the dataset split to evaluate")
+        cmd.add_argument("--batch-size", type=positive_int, default=32, help="clips embedded per call")
         cmd.add_argument("--json-out", help="also write the result as JSON")
         cmd.set_defaults(func=func)
 
@@ -265,10 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("bench", help="step time, examples/s, TFLOP/s, MFU and input-pipeline throughput")
     _config_args(n)
-    n.add_argument("--steps", type=int, default=10)
-    n.add_argument("--warmup", type=int, default=2)
+    n.add_argument("--steps", type=positive_int, default=10, help="timed steps (after warm-up)")
+    n.add_argument("--warmup", type=positive_int, default=2, help="untimed steps first (compilation included)")
     n.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak for MFU (H100 bf16: 989)")
-    n.add_argument("--data-batches", type=int, default=20, help="batches for the input-pipeline figure (0: skip)")
+    n.add_argument("--data-batches", type=non_negative_int, default=20, help="batches for the input-pipeline figure (0: skip)")
     _distributed_args(n)
     n.set_defaults(func=cmd_bench)
 
@@ -294,10 +342,15 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         if os.environ.get("AVP_DEBUG"):
             raise
-        import traceback
-
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        print(f"error: {msg}\n  (raised at {where.filename}:{where.lineno}; AVP_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(f"error: {one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)}", file=sys.stderr)
         return 2
+
+
+def one_line(message, limit: int = 400) -> str:
+    """A message's first line, cut at ``limit`` characters (library errors can be kilobytes of tree
+    dumps); what was left out is counted, and AVP_DEBUG=1 shows it all."""
+    text = str(message).strip()
+    first = text.splitlines()[0] if text else ""
+    cut = first[:limit]
+    hidden = len(text) - len(cut)
+    return cut + (f" [... {hidden} more characters; AVP_DEBUG=1 shows all]" if hidden > 0 else "")

@@ -3,9 +3,11 @@
 A config file defines ``get_config(arg: str) -> ml_collections.ConfigDict`` and may define
 ``get_sweep(arg: str) -> list[dict]`` (each dict: dotted key -> value overrides for one run)::
 
-    avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.optim.lr=1e-4
+    avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.optim.base_lr=1e-4
 
-Unknown keys are rejected, with the closest known key, before anything compiles.
+Unknown keys are rejected, with the nearest full key, and values out of range (``batch_size``,
+``total_steps``, cadences, ...) are refused, before anything compiles. ``configs/...`` paths are
+looked up in the working directory, then in the installed project.
 """
 from __future__ import annotations
 
@@ -37,10 +39,29 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
-def _load_module(path: str):
+def _installed_configs_dir() -> pathlib.Path | None:
+    spec = importlib.util.find_spec("configs")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def resolve_path(path: str) -> pathlib.Path:
+    """``path`` as given (relative to the working directory), else ``configs/<name>`` of the
+    installed project; a FileNotFoundError says where it looked."""
     file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    if file.is_file():
+        return file
+    looked = [str(file.absolute())]
+    installed = _installed_configs_dir()
+    if installed is not None and not file.is_absolute() and file.parts[:1] == ("configs",):
+        candidate = installed.joinpath(*file.parts[1:])
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+    raise FileNotFoundError(f"config file not found: {path} (looked at {' and '.join(looked)})")
+
+
+def _load_module(path: str):
+    file = resolve_path(path)
     spec = importlib.util.spec_from_file_location(f"avp_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,8 +81,47 @@ def load_config(spec: str, overrides: list[str] | dict | None = None) -> ml_coll
     config = _load_module(path).get_config(arg)
     config.config_spec = spec
     apply_overrides(config, overrides or [])
+    validate(config)
     config.lock()
     return config
+
+
+# Range checks of the keys most configs share (a config without the key skips its check).
+_CHECKS = {
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "total_steps": (lambda v: v >= 1, "a positive integer"),
+    "log_every": (lambda v: v >= 1, "a positive integer"),
+    "checkpoint_every": (lambda v: v >= 1, "a positive integer"),
+    "keep_checkpoints": (lambda v: v >= 1, "a positive integer"),
+    "optim.base_lr": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.grad_clip": (lambda v: v > 0, "> 0"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.read_threads": (lambda v: v >= 1, "a positive integer"),
+    "data.prefetch_batches": (lambda v: v >= 1, "a positive integer"),
+    "data.stats_batches": (lambda v: v >= 1, "a positive integer"),
+    "data.sample_rate": (lambda v: v >= 1, "a positive integer"),
+    "model.input_frames": (lambda v: v >= 1, "a positive integer"),
+    "model.mask_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def validate(config) -> None:
+    """Range checks of ``_CHECKS``: a ValueError naming the key, its value and what it must be."""
+    for key, (ok, what) in _CHECKS.items():
+        value = _get(config, key)
+        if value is not None and not ok(value):
+            raise ValueError(f"config key {key!r} = {value!r}: must be {what} "
+                             f"({config.get('config_spec', 'config')})")
+
+
+def _get(config, key):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def load_sweep(spec: str) -> list[dict]:
@@ -80,6 +140,28 @@ def _all_keys(config, prefix=""):
             yield from _all_keys(value, name + ".")
 
 
+def nearest_key(key: str, config) -> str | None:
+    """The settable (leaf) key nearest to ``key``: among the keys of the same parent the nearest
+    name (a shared word counts: ``optim.lr`` -> ``optim.base_lr``), else the nearest full key,
+    else the nearest name anywhere."""
+    leaves = [k for k in _all_keys(config) if not isinstance(_get(config, k), ml_collections.ConfigDict)]
+    parent, _, name = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in leaves if k.rpartition(".")[0] == parent}
+
+    def score(other):
+        shared_word = bool(set(name.split("_")) & set(other.split("_")))
+        return difflib.SequenceMatcher(None, name, other).ratio() + 0.5 * shared_word
+
+    best = max(siblings, key=score, default=None)
+    if best is not None and score(best) >= 0.6:
+        return siblings[best]
+    hint = difflib.get_close_matches(key, leaves, n=1)
+    if hint:
+        return hint[0]
+    best = max(leaves, key=lambda k: score(k.rpartition(".")[2]), default=None)  # e.g. lr -> optim.base_lr
+    return best if best is not None and score(best.rpartition(".")[2]) >= 0.6 else None
+
+
 def _parse_value(raw: str):
     try:
         return ast.literal_eval(raw)
@@ -93,8 +175,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str] | di
     known = list(_all_keys(config))
     for key, value in items:
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise KeyError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            hint = nearest_key(key, config)
+            raise KeyError(f"unknown config key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
                            + f" in {config.get('config_spec', 'config')}")
         *parents, leaf = key.split(".")
         node = config

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from avpretrain import audio, checkpoint, config as config_lib, models, sharding, train
+from avpretrain import audio, checkpoint, config as config_lib, models, sharding, workdir as workdir_lib
 
 
 def _encoder_model(config, mesh, seed: int | None = None):
@@ -35,7 +35,7 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     if not config_file.exists():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
     config = config_lib.from_json(config_file.read_text())
-    stats = train.stored_norm_stats(config, workdir)
+    stats = workdir_lib.stored_norm_stats(config, workdir)
     if stats is None:
         raise FileNotFoundError(f"{workdir / 'norm_stats.json'} not found and config.data.norm_stats is empty")
     mean, std = stats

@@ -10,7 +10,6 @@ and a stop on non-finite loss that never checkpoints the bad state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import signal
 import time
@@ -23,6 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from avpretrain import audio, checkpoint, config as config_lib, metrics as metrics_lib, models, sharding
+from avpretrain import workdir as workdir_lib
 from avpretrain.data import pipeline, source as source_lib
 
 
@@ -104,46 +104,19 @@ def frontend(audio_BS, norm_stats):
     return audio.normalize(lms, *norm_stats)[:, None]
 
 
-def stored_norm_stats(config, workdir) -> tuple[float, float] | None:
-    """config.data.norm_stats if given, else ``<workdir>/norm_stats.json`` if present, else None."""
-    if config.data.norm_stats:
-        return tuple(float(v) for v in config.data.norm_stats)
-    path = pathlib.Path(workdir) / "norm_stats.json"
-    if path.exists():
-        stats = json.loads(path.read_text())
-        return float(stats["mean"]), float(stats["std"])
-    return None
-
-
-def init_source_norm_stats(path) -> tuple[float, float]:
-    """The statistics a model at ``path`` (training workdir or export) was trained with."""
-    path = pathlib.Path(path)
-    meta_file = path / "config.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if "norm_stats" in meta:  # an export
-        return tuple(float(v) for v in meta["norm_stats"])
-    if "data" in meta:  # a training workdir: its config's statistics or its norm_stats.json
-        stats = stored_norm_stats(config_lib.from_json(meta_file.read_text()), path)
-        if stats is not None:
-            return stats
-    raise FileNotFoundError(f"config.init.path={path}: not a training workdir with normalisation statistics "
-                            "(config.json + norm_stats.json) nor an export (config.json with norm_stats)")
-
-
 def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
-    """The stored statistics (see ``stored_norm_stats``), else those of ``config.init.path`` (a model
+    """The stored statistics (see ``workdir.stored_norm_stats``), else those of ``config.init.path`` (a model
     keeps the statistics it was trained with), else computed from random crops; saved in the workdir."""
-    stored = stored_norm_stats(config, workdir)
+    stored = workdir_lib.stored_norm_stats(config, workdir)
     if stored is not None:
         return stored
-    path = pathlib.Path(workdir) / "norm_stats.json"
     if config.init.path:
-        (mean, std), origin = init_source_norm_stats(config.init.path), f"those of {config.init.path}"
+        (mean, std), origin = workdir_lib.model_norm_stats(config.init.path), f"those of {config.init.path}"
     else:
         (mean, std), origin = compute_norm_stats(config), "random crops"
+    path = pathlib.Path(workdir) / workdir_lib.NORM_STATS_NAME
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"mean": mean, "std": std, "data_dir": config.data.dir}))
+        workdir_lib.write_norm_stats(workdir, mean, std, config.data.dir)
     metrics_lib.log(f"normalisation statistics ({origin}): mean={mean:.4f} std={std:.4f} -> {path}")
     return mean, std
 
