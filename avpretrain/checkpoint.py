@@ -3,6 +3,7 @@
 
 Restores always pass the target shardings of the live state, so a checkpoint restores onto a
 different mesh or process count. The per-step RNG is ``fold_in(seed, step)``: nothing to store.
+Saves are asynchronous; ``Saver`` turns a failed one into one ``SaveFailedError``.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ logging.set_verbosity(_verbosity)
 
 
 def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = True) -> ocp.CheckpointManager:
+    """Also removes the unfinished saves (temporary directories) a killed run left behind."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                           enable_async_checkpointing=async_save, create=True)
+                                           enable_async_checkpointing=async_save, create=True,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
                                                 "iter": grain.checkpoint.CheckpointHandler()})
@@ -37,6 +40,56 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, iterator=None, *, 
     if iterator is not None:
         items["iter"] = grain.checkpoint.CheckpointSave(iterator)
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+class SaveFailedError(RuntimeError):
+    pass
+
+
+class Saver:
+    """Saves through ``mngr`` and stops at the first failed one.
+
+    Orbax writes a checkpoint into a temporary directory in the background and renames it when
+    done, so a failure (e.g. a full disk) surfaces later. ``check`` (cheap: call it every step)
+    raises SaveFailedError once the save in flight has failed, after removing its temporary
+    directory; the previous checkpoint stays the latest.
+    """
+
+    def __init__(self, mngr: ocp.CheckpointManager):
+        self.mngr, self.in_flight, self.failed = mngr, None, False
+
+    def save(self, step: int, state: dict, iterator=None, *, force: bool = False) -> None:
+        self.check(wait=True)
+        try:
+            if save(self.mngr, step, state, iterator, force=force):
+                self.in_flight = step
+        except Exception as e:
+            self._fail(step, e)
+
+    def check(self, *, wait: bool = False) -> None:
+        """Raises SaveFailedError if the save in flight failed; ``wait``: block until it is done."""
+        if self.in_flight is None or (not wait and self.mngr.is_saving_in_progress()):
+            return
+        step, self.in_flight = self.in_flight, None
+        try:
+            self.mngr.wait_until_finished()
+        except Exception as e:
+            self._fail(step, e)
+
+    def _fail(self, step: int, error: Exception):
+        self.failed = True
+        if jax.process_index() == 0:
+            for tmp in ocp.path.step.all_temporary_paths(self.mngr.directory):
+                tmp.get().rmtree()
+        self.mngr.reload()
+        latest = self.mngr.latest_step()
+        raise SaveFailedError(f"checkpoint save at step {step} failed: {type(error).__name__}: {error}; the latest "
+                              f"good checkpoint is " + (f"step {latest}" if latest is not None else "none")
+                              + f" ({self.mngr.directory})") from error
+
+    def close(self) -> None:
+        if not self.failed:  # a failed manager raises the error again on close (its threads have ended)
+            self.mngr.close()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=None) -> dict:

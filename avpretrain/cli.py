@@ -92,14 +92,17 @@ def cmd_train(args, overrides):
     config = _load_config(args, overrides)  # rejects unknown keys before anything compiles
     _output_dir(args.workdir, "--workdir")
     _init_distributed(args)
-    from avpretrain import train
+    from avpretrain import checkpoint, train
 
     try:
         result = train.train(config, args.workdir, stop_at=args.stop_at)
     except train.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    status = "preempted (SIGTERM), checkpoint saved" if result.preempted else "done"
+    except checkpoint.SaveFailedError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 4
+    status = f"stopped ({result.stopped_by}), checkpoint saved" if result.stopped_by else "done"
     print(f"train {status}: step {result.step} workdir={args.workdir}")
     return 0
 
@@ -113,22 +116,22 @@ def cmd_export(args, overrides):
 
 
 def cmd_data_build(args, overrides):
+    """Builds the dataset; the build prints its report (skipped files, warnings, counts)."""
+    _output_dir(args.out, "--out")
     if args.name == "demo":
         from data_pipelines import demo
 
-        report = demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate,
-                            num_captions=args.num_captions)
+        demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate,
+                   num_captions=args.num_captions)
     else:
         if not args.source:
-            raise SystemExit(f"error: data build {args.name} needs --source DIR")
+            raise ValueError(f"data build {args.name} needs --source DIR")
         import importlib
 
         module = importlib.import_module(f"data_pipelines.{args.name}")
         kwargs = {"seed": args.seed} if args.name == "audio_folder" else {}
-        report = module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
-                              **kwargs)
-    for line in report.summary_lines():
-        print(line)
+        module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
+                     allow_outside_source=args.allow_outside_source, **kwargs)
 
 
 def cmd_data_stats(args, overrides):
@@ -180,6 +183,10 @@ def cmd_eval_linear_probe(args, overrides):
     result = downstream.linear_probe(args.model, args.data, random_init=args.random_init, seed=args.seed,
                                      batch_size=args.batch_size)
     _write_json(args.json_out, result)
+    if result["valid_from_train"]:
+        from avpretrain.evaluate.linear_probe import FALLBACK_VALID_FRACTION
+
+        print(f"no validation split in {args.data}: holding out {FALLBACK_VALID_FRACTION:.0%} of train for early stopping")
     print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
 
 
@@ -268,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-captions", type=non_negative_int, default=3, help="demo: captions per clip")
     b.add_argument("--min-seconds", type=float, default=0.5,
                    help="audio_folder/audiocaps/clotho: shorter files are skipped")
+    b.add_argument("--allow-outside-source", action="store_true",
+                   help="use listed audio paths that lead outside --source (refused by default)")
     b.set_defaults(func=cmd_data_build)
     s = d.add_parser("stats", help="normalisation mean/std of the log-mel from random crops")
     _config_args(s)
@@ -291,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--data", required=True, help="a dataset directory with train/validation/test")
     lp.add_argument("--random-init", action="store_true", help="the same architecture, randomly initialised")
     lp.add_argument("--seed", type=int, default=0, help="seed of the probe's init and shuffling (and random init)")
-    lp.add_argument("--batch-size", type=positive_int, default=32, help="clips embedded per call")
+    lp.add_argument("--batch-size", type=positive_int, default=32, help="clips read at a time; chunks per encoder call")
     lp.add_argument("--json-out", help="also write the result as JSON")
     lp.set_defaults(func=cmd_eval_linear_probe)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
@@ -301,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--model", required=True, help="an exported M2D-CLAP / M2D2 model directory")
         cmd.add_argument("--data", required=True, help="a dataset directory")
         cmd.add_argument("--split", default="test", help="the dataset split to evaluate")
-        cmd.add_argument("--batch-size", type=positive_int, default=32, help="clips embedded per call")
+        cmd.add_argument("--batch-size", type=positive_int, default=32, help="clips read at a time; chunks per encoder call")
         cmd.add_argument("--json-out", help="also write the result as JSON")
         cmd.set_defaults(func=func)
 
@@ -344,6 +353,11 @@ def main(argv=None) -> int:
             raise
         print(f"error: {one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("AVP_DEBUG"):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def one_line(message, limit: int = 400) -> str:

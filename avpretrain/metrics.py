@@ -10,9 +10,14 @@ import jax
 
 
 class MetricWriter:
-    """Writes on process 0 only; every record has ``step`` and is one JSON line in metrics.jsonl."""
+    """Writes on process 0 only; every record has ``step`` and is one JSON line in metrics.jsonl.
 
-    def __init__(self, workdir, total_steps: int):
+    A run starting at ``resumed_step`` first drops the records after it (written by a run killed
+    after its last checkpoint; their steps run again), so each step has one record. TensorBoard
+    event files are append-only: there a replayed step appears twice.
+    """
+
+    def __init__(self, workdir, total_steps: int, resumed_step: int = 0):
         self.active = jax.process_index() == 0
         self.total_steps = total_steps
         self.start = time.time()
@@ -20,6 +25,7 @@ class MetricWriter:
         if self.active:
             path = pathlib.Path(workdir)
             path.mkdir(parents=True, exist_ok=True)
+            truncate_jsonl(path / "metrics.jsonl", resumed_step)
             self.jsonl = open(path / "metrics.jsonl", "a")
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(str(path / "tensorboard"))
@@ -48,6 +54,23 @@ class MetricWriter:
         if self.active:
             self.jsonl.close()
             self.tb.close()
+
+
+def truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
+    """Keeps the records of ``path`` with ``step <= last_step`` (and drops a line cut short by a kill),
+    atomically: a temporary file renamed over it."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
 
 
 def _fmt(seconds: float) -> str:

@@ -4,12 +4,14 @@ The method lives in the model: ``model.loss(batch, rng) -> (loss, metrics)``, th
 ``TRAINABLE`` filter, ``param_group`` (per-group learning rates / freezing) and, with ``EMA = True``,
 ``model.ema_update(decay)``. Everything else is shared:
 log-mel front end on device, AdamW (no decay on 1-D params) with warmup + cosine, gradient
-clipping, EMA schedule, checkpoints with the grain iterator, automatic resume, SIGTERM handling,
-and a stop on non-finite loss that never checkpoints the bad state.
+clipping, EMA schedule, checkpoints with the grain iterator, automatic resume (refusing a config
+that its checkpoints do not fit), SIGTERM / Ctrl-C handling, and stops on a non-finite loss (never
+checkpointing the bad state) and at the first failed checkpoint save.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import time
@@ -21,7 +23,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from avpretrain import audio, checkpoint, config as config_lib, metrics as metrics_lib, models, sharding
+from avpretrain import audio, checkpoint, metrics as metrics_lib, models, sharding
 from avpretrain import workdir as workdir_lib
 from avpretrain.data import pipeline, source as source_lib
 
@@ -204,7 +206,7 @@ def make_train_step(config, mesh, graphdef, state, norm_stats):
 class TrainResult:
     step: int
     losses: dict  # step -> loss, for the steps this run logged
-    preempted: bool = False
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": checkpointed at ``step`` on a signal
 
 
 def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
@@ -212,14 +214,14 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
 
     ``stop_at`` ends this run early (checkpointing there) without changing the schedule.
     """
-    preempt = _SigtermFlag()  # first: a SIGTERM during start-up or compilation is not lost
+    signals = _StopSignals()  # first: a signal during start-up or compilation is not lost
     try:
-        return _train(config, pathlib.Path(workdir), stop_at, preempt)
+        return _train(config, pathlib.Path(workdir), stop_at, signals)
     finally:
-        preempt.restore()
+        signals.restore()
 
 
-def _train(config, workdir, stop_at, preempt) -> TrainResult:
+def _train(config, workdir, stop_at, signals) -> TrainResult:
     mesh = make_mesh(config)
     rules = config.sharding_rules
     if config.batch_size % sharding.data_parallel_size(mesh, rules):
@@ -227,9 +229,9 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
                          f"{sharding.data_parallel_size(mesh, rules)} data-parallel devices of {config.mesh}")
     source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
     resolve_text_targets(config)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_lib.to_json(config))
+    changes = workdir_lib.config_changes(workdir, config)  # refuses an incompatible resume, writes nothing
+    if changes:
+        metrics_lib.log(workdir_lib.describe_changes(workdir, changes, workdir_lib.stored_norm_stats(config, workdir)))
     norm_stats = load_or_compute_norm_stats(config, workdir)
 
     train_state = create_train_state(config, mesh)
@@ -239,23 +241,27 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
 
     data = pipeline.train_dataset(config)
     iterator = iter(data)
-    mngr = checkpoint.manager(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+    mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
+                              every=config.checkpoint_every)
     start = mngr.latest_step() or 0
     if start:
         restored = checkpoint.restore(mngr, start, nnx.to_pure_dict(state), iterator)
         nnx.replace_by_pure_dict(state, restored)
-        metrics_lib.log(f"resumed from {workdir / 'checkpoints'} at step {start}")
+        metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}")
     elif config.init.path:
         initialize_from(config, state)
+    if jax.process_index() == 0:  # only now: a resume that fails to restore leaves the workdir as it was
+        workdir_lib.write_config(workdir, config, changes, start)
 
     stop = stop_at if stop_at is not None else config.total_steps
-    writer = metrics_lib.MetricWriter(workdir, config.total_steps)
+    writer = metrics_lib.MetricWriter(workdir, config.total_steps, resumed_step=start)
+    saver = checkpoint.Saver(mngr)
     losses, pending, flags = {}, [], []
     step, t_last, steps_timed = start, None, 0
 
     def checkpoint_now(step, force):
         _check_finite(flags, step)
-        return checkpoint.save(mngr, step, nnx.to_pure_dict(state), iterator, force=force)
+        saver.save(step, nnx.to_pure_dict(state), iterator, force=force)
 
     try:
         while step < stop:
@@ -280,17 +286,18 @@ def _train(config, workdir, stop_at, preempt) -> TrainResult:
                 pending.clear()
                 t_last, steps_timed = now, 0
             steps_timed += 1
-            if preempt.synced(step):
-                metrics_lib.log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+            saver.check()
+            if signals.synced(step):
+                metrics_lib.log(f"{signals.name}: saving a checkpoint at step {step} and exiting")
                 checkpoint_now(step, force=True)
-                mngr.wait_until_finished()
-                return TrainResult(step, losses, preempted=True)
+                saver.check(wait=True)
+                return TrainResult(step, losses, stopped_by=signals.name)
             if step % config.checkpoint_every == 0 or step == stop:
                 checkpoint_now(step, force=step == stop)
-        mngr.wait_until_finished()
+        saver.check(wait=True)
     finally:
         writer.close()
-        mngr.close()
+        saver.close()
     return TrainResult(step, losses)
 
 
@@ -304,27 +311,41 @@ def _check_finite(flags, step):
                                  "resume from the last good checkpoint)")
 
 
-class _SigtermFlag:
-    """SIGTERM: every process saves the same step and exits.
+class _StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C): every process saves the same step and exits; a second SIGINT
+    raises KeyboardInterrupt at once (Python's own handler is back after the first).
 
-    Multi-process: ``jax.distributed.initialize()`` installed JAX's SIGTERM notifier, and its
-    coordination service agrees on a step (no device collective, no host sync per step).
-    Single process: a Python handler sets a flag.
+    Single process: Python handlers record the signal. Multi-process: ``jax.distributed.initialize()``
+    installed JAX's SIGTERM notifier, whose coordination service agrees on a step (no device
+    collective, no host sync per step); a SIGINT is passed to it as a SIGTERM of this process, so a
+    Ctrl-C that reaches only some processes stops all of them at one step. An ignored SIGINT (a
+    background job; launch/cpu_multiprocess.sh forwards Ctrl-C as SIGTERM) stays ignored.
     """
 
     def __init__(self):
         self.distributed = jax.distributed.is_initialized()
-        self.flag = False
-        self.previous = None if self.distributed else signal.signal(signal.SIGTERM, self._handle)
+        self.received = None
+        self.previous = {}
+        for signum in (signal.SIGINT,) if self.distributed else (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # None: a handler not set from Python
+                self.previous[signum] = signal.signal(signum, self._handle)
 
-    def _handle(self, *_):
-        self.flag = True
+    def _handle(self, signum, _):
+        self.received = self.received or signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous.pop(signal.SIGINT))
+            if self.distributed:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def name(self) -> str:
+        return self.received or "SIGTERM"  # multi-process: the notice may come from another process
 
     def synced(self, step) -> bool:
         if self.distributed:
             return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
+        return self.received is not None
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
