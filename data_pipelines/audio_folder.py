@@ -9,7 +9,8 @@ Two layouts of SOURCE:
         speaker and split must agree, else ValueError); a repeat that adds no new caption is
         skipped as a duplicate. Identical captions of one clip are kept once.
     `label` is required unless the manifest has a caption column; without one every clip is
-    labelled common.NO_LABEL ('unlabeled').
+    labelled common.NO_LABEL ('unlabeled'). A path that leads outside SOURCE is refused unless
+    allow_outside_source=True; two rows that are one file ('..', symbolic or hard links) are refused.
 
 Without a split column the split is a seeded, per-class stratified shuffle (default 80/10/10).
 Each file is decoded once, resampled to `sample_rate` mono and validated; unusable files are
@@ -29,6 +30,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -51,6 +53,8 @@ class Entry:
     speaker: str = ''
     captions: tuple[str, ...] = ()
     split: str | None = None  # from the manifest; None: assigned by the seeded split
+    # Where the entry was listed, e.g. 'SOURCE/manifest.csv, row 3' (for error messages).
+    listed_at: str = dataclasses.field(default='', compare=False)
 
 
 def list_class_folders(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
@@ -64,7 +68,8 @@ def list_class_folders(source: pathlib.Path) -> tuple[list[Entry], list[tuple[st
         elif item.is_dir():
             for path in sorted(item.rglob('*')):
                 if path.suffix.lower() in common.AUDIO_SUFFIXES and not path.is_dir():
-                    entries.append(Entry(path.relative_to(source).as_posix(), path, item.name))
+                    id_ = common.printable(path.relative_to(source).as_posix())
+                    entries.append(Entry(id_, path, item.name))
     return entries, skipped
 
 
@@ -114,7 +119,7 @@ def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, st
                         f'{where}: unknown split value {value!r}; use one of {sorted(SPLIT_NAMES)}'
                     )
             entry = Entry(rel, source / rel, label, (row.get('speaker') or '').strip(),
-                          unique(row[c] or '' for c in captioned), split)
+                          unique(row[c] or '' for c in captioned), split, where)
             first = entries.get(rel)
             if first is None:
                 first_row[rel] = reader.line_num
@@ -134,6 +139,37 @@ def read_manifest(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, st
             else:
                 entries[rel] = dataclasses.replace(first, captions=captions)
     return list(entries.values()), skipped
+
+
+def check_entries(entries: list[Entry], source: pathlib.Path, allow_outside_source: bool) -> None:
+    """ValueError, before anything is decoded, for an entry outside `source` (unless allowed;
+    symbolic links inside it are followed) and for two entries that are one file (reached
+    through '..', an absolute path, a symbolic or a hard link) or share an id."""
+    root = os.path.abspath(source)
+    first_of: dict = {}
+    for entry in entries:
+        where = f'{entry.listed_at}: ' if entry.listed_at else ''
+        path = os.path.abspath(entry.path)
+        if not allow_outside_source and os.path.commonpath([root, path]) != root:
+            raise ValueError(
+                f'{where}{entry.id!r} is outside the source folder {root}; '
+                'pass --allow-outside-source (allow_outside_source=True) to use it'
+            )
+        try:
+            stat = os.stat(path)
+            file_key = (stat.st_dev, stat.st_ino)
+        except OSError:  # missing: skipped later, unless listed twice
+            file_key = os.path.realpath(path)
+        for key, what in (
+            (('file', file_key), 'same file as'), (('id', entry.id), f'same id {entry.id!r} as'),
+        ):
+            first = first_of.setdefault(key, entry)
+            if first is not entry:
+                first_where = f' ({first.listed_at})' if first.listed_at else ''
+                raise ValueError(
+                    f'{where}{common.printable(entry.path)}: {what} '
+                    f'{common.printable(first.path)}{first_where}; a file can be one example only'
+                )
 
 
 def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
@@ -198,15 +234,19 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
     def __init__(
         self, *, source: str, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
         test_fraction: float = 0.1, min_seconds: float = 0.5, num_workers: int | None = None,
-        **kwargs,
+        allow_outside_source: bool = False, **kwargs,
     ):
         self.source = pathlib.Path(source)
         self.sample_rate, self.seed, self.min_seconds = sample_rate, seed, min_seconds
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers = num_workers or os.cpu_count()
+        if not self.source.exists():
+            raise FileNotFoundError(f'{self.name} source {self.source} does not exist')
         if not self.source.is_dir():
-            raise FileNotFoundError(f'{self.name} source folder not found: {self.source}')
+            raise ValueError(f'{self.name} source {self.source} is not a directory')
         self.entries, self.skipped = self.list_entries(self.source)
+        check_entries(self.entries, self.source, allow_outside_source)
+        self.warnings = []
         super().__init__(**kwargs)
 
     @classmethod
@@ -245,25 +285,30 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
 
         def decode(i_entry):
             i, entry = i_entry
-            x, reason = common.read_checked(entry.path, self.sample_rate, self.min_seconds)
+            x, reason, notes = common.read_checked(entry.path, self.sample_rate, self.min_seconds)
             if reason is None:
                 np.save(scratch / f'{i}.npy', common.to_int16(x))
-            return reason
+            return reason, notes
 
-        with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
-            reasons = list(tfds.core.utils.tqdm(
+        # load_audio silences librosa's warnings, but catch_warnings is not thread-safe: silence
+        # them here, for all the threads.
+        with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
+            warnings.simplefilter('ignore')
+            decoded = list(tfds.core.utils.tqdm(
                 pool.map(decode, enumerate(self.entries)), total=len(self.entries),
                 desc='Decoding', unit=' files', leave=False,
             ))
         usable = []
-        for i, (entry, reason) in enumerate(zip(self.entries, reasons)):
+        for i, (entry, (reason, notes)) in enumerate(zip(self.entries, decoded)):
             if reason is None:
                 usable.append((i, entry))
+                self.warnings += [(str(entry.path), note) for note in notes]
             else:
                 self.skipped.append((str(entry.path), reason))
         if not usable:
-            raise ValueError(
-                f'no usable audio in {self.source}: all {len(self.entries)} files skipped'
+            raise common.NoUsableAudio(
+                f'no usable audio in {self.source}: all {len(self.skipped)} files skipped',
+                self.skipped,
             )
 
         usable.sort(key=lambda ie: ie[1].id)
@@ -285,12 +330,13 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
 def build(
     source: str, out: str, *, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
     test_fraction: float = 0.1, min_seconds: float = 0.5, num_workers: int | None = None,
+    allow_outside_source: bool = False,
 ) -> common.BuildReport:
     """Builds the audio in `source` into a TFDS dataset in DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(
         AudioFolder, out, source=source, sample_rate=sample_rate, seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, min_seconds=min_seconds,
-        num_workers=num_workers,
+        num_workers=num_workers, allow_outside_source=allow_outside_source,
     )
 
 
@@ -304,17 +350,18 @@ def main(argv=None) -> None:
     parser.add_argument('--test_fraction', type=float, default=0.1)
     parser.add_argument('--min_seconds', type=float, default=0.5)
     parser.add_argument('--num_workers', type=int, default=None)
-    print('\n'.join(build(**vars(parser.parse_args(argv))).summary_lines()))
+    parser.add_argument('--allow_outside_source', action='store_true')
+    build(**vars(parser.parse_args(argv)))
 
 
 def build_corpus(
     builder_cls: type[AudioFolder], source: str, out: str, *, sample_rate: int = 16000,
-    min_seconds: float = 0.5, num_workers: int | None = None,
+    min_seconds: float = 0.5, num_workers: int | None = None, allow_outside_source: bool = False,
 ) -> common.BuildReport:
     """Builds a corpus with its own splits (an AudioFolder subclass) from `source` into `out`."""
     return common.prepare_dataset(
         builder_cls, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
-        num_workers=num_workers,
+        num_workers=num_workers, allow_outside_source=allow_outside_source,
     )
 
 
@@ -326,7 +373,8 @@ def corpus_main(build_fn, source_help: str, doc: str, argv=None) -> None:
     parser.add_argument('--sample_rate', type=int, default=16000)
     parser.add_argument('--min_seconds', type=float, default=0.5)
     parser.add_argument('--num_workers', type=int, default=None)
-    print('\n'.join(build_fn(**vars(parser.parse_args(argv))).summary_lines()))
+    parser.add_argument('--allow_outside_source', action='store_true')
+    build_fn(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':

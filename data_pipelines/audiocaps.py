@@ -49,7 +49,8 @@ def list_audiocaps(source: pathlib.Path):
             if not youtube_id:
                 raise ValueError(f'{path}, row {row["_line"]}: empty youtube_id')
             clip = clips.setdefault(f'{youtube_id}_{start}', dict(
-                youtube_id=youtube_id, starts=[], audiocap_ids=[], captions=[]))
+                youtube_id=youtube_id, starts=[], audiocap_ids=[], captions=[],
+                listed_at=f'{path}, row {row["_line"]}'))
             clip['starts'] += [raw_start, start, f'{float(raw_start):.3f}']
             clip['audiocap_ids'].append((row['audiocap_id'] or '').strip())
             clip['captions'].append(row['caption'] or '')
@@ -68,7 +69,7 @@ def list_audiocaps(source: pathlib.Path):
                 continue
             entries.append(audio_folder.Entry(
                 id_, found, common.NO_LABEL, captions=audio_folder.unique(clip['captions']),
-                split=split))
+                split=split, listed_at=clip['listed_at']))
     if not entries:
         raise ValueError(
             f'no audio for any of the {len(skipped)} clips listed in {source}: name the files '

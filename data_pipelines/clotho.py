@@ -55,7 +55,7 @@ def list_clotho(source: pathlib.Path):
             entries.append(audio_folder.Entry(
                 name, audio, common.NO_LABEL,
                 captions=audio_folder.unique(row[c] or '' for c in columns),
-                split=SPLIT_FOLDERS[folder]))
+                split=SPLIT_FOLDERS[folder], listed_at=f'{path}, row {row["_line"]}'))
     if not entries:
         raise ValueError(f'no audio for any of the {len(skipped)} files listed in {source}')
     return entries, skipped

@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -31,10 +33,15 @@ NO_LABEL = 'unlabeled'  # the one class of datasets that only have captions (Aud
 
 # ----------------------------------------------------------------------------- audio
 
-def load_audio(path: str | pathlib.Path, target_sr: int) -> np.ndarray:
-    """Decodes WAV/FLAC/OGG/MP3 to float32 mono at `target_sr` (channels averaged, soxr HQ)."""
-    try:
-        x_TC, sr = sf.read(path, dtype='float32', always_2d=True)
+def load_audio(path: str | pathlib.Path, target_sr: int) -> tuple[np.ndarray, list[str]]:
+    """Decodes WAV/FLAC/OGG/MP3 to float32 mono at `target_sr` (channels averaged, soxr HQ).
+
+    Returns the audio and warnings about what is kept although it is off: a WAV shorter than
+    its header says, and a peak above full scale (a float file), which is scaled down to full
+    scale, since clipping it to int16 would distort the waveform.
+    """
+    try:  # the path's bytes: a file name that is not valid UTF-8 is a surrogate-escaped str
+        x_TC, sr = sf.read(os.fsencode(path), dtype='float32', always_2d=True)
     except Exception as sf_error:  # libsndfile could not decode it: let librosa/audioread try.
         import librosa
 
@@ -46,7 +53,38 @@ def load_audio(path: str | pathlib.Path, target_sr: int) -> np.ndarray:
             raise sf_error from None
         x_TC = np.atleast_2d(x).T
     x = x_TC.mean(axis=1, dtype=np.float32)
-    return audio.resample(x, sr, target_sr).astype(np.float32) if x.size else x
+    notes = [note] if (note := wav_truncation(path)) else []
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if 1.0 < peak < np.inf:
+        x /= peak
+        db = 20 * np.log10(peak)
+        notes.append(f'above full scale: peak {peak:.2f} ({db:+.1f} dBFS), '
+                     f'scaled down by {db:.1f} dB instead of clipping')
+    return (audio.resample(x, sr, target_sr).astype(np.float32) if x.size else x), notes
+
+
+def wav_truncation(path: str | pathlib.Path) -> str | None:
+    """'truncated: header says X s, file holds Y s' for a RIFF WAV whose data chunk runs past
+    the end of the file (libsndfile reads what is there), else None."""
+    with open(path, 'rb') as f:
+        riff = f.read(12)
+        if riff[:4] != b'RIFF' or riff[8:12] != b'WAVE':
+            return None
+        bytes_per_second = 0
+        while len(header := f.read(8)) == 8:
+            chunk, size = header[:4], int.from_bytes(header[4:], 'little')
+            if chunk == b'fmt ':
+                bytes_per_second = int.from_bytes(f.read(size + size % 2)[8:12], 'little')
+            elif chunk == b'data':
+                held = os.fstat(f.fileno()).st_size - f.tell()
+                # 0 and 0xFFFFFFFF: a streamed WAV whose writer did not know the length.
+                if size <= held or size == 0xFFFFFFFF or not bytes_per_second:
+                    return None
+                return (f'truncated: header says {size / bytes_per_second:.2f} s, '
+                        f'file holds {held / bytes_per_second:.2f} s')
+            else:
+                f.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def audio_problem(x: np.ndarray, sample_rate: int, min_seconds: float) -> str | None:
@@ -64,18 +102,25 @@ def audio_problem(x: np.ndarray, sample_rate: int, min_seconds: float) -> str | 
 
 def read_checked(
     path: pathlib.Path, sample_rate: int, min_seconds: float
-) -> tuple[np.ndarray | None, str | None]:
-    """Decodes and validates one file: (audio, None) when usable, else (None, reason)."""
+) -> tuple[np.ndarray | None, str | None, list[str]]:
+    """Decodes and validates one file: (audio, None, warnings) when usable, else
+    (None, reason, [])."""
     if not path.is_file():
-        return None, 'missing'
+        return None, 'missing', []
     if path.stat().st_size == 0:
-        return None, 'empty: 0-byte file'
+        return None, 'empty: 0-byte file', []
     try:
-        x = load_audio(path, sample_rate)
+        x, notes = load_audio(path, sample_rate)
     except Exception as e:
-        return None, f'unreadable: {type(e).__name__}: {e}'
+        detail = e.error_string if isinstance(e, sf.LibsndfileError) else e  # without the path
+        return None, f'unreadable: {type(e).__name__}: {detail}', []
     reason = audio_problem(x, sample_rate, min_seconds)
-    return (None, reason) if reason else (x, None)
+    return (None, reason, []) if reason else (x, None, notes)
+
+
+def printable(path: str | os.PathLike) -> str:
+    """`path` as valid UTF-8 text: bytes of a file name that are not UTF-8 become \\xNN."""
+    return os.fsencode(path).decode('utf-8', 'backslashreplace')
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:
@@ -132,10 +177,20 @@ def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', captions
     return {'id': id_, 'audio': audio, 'label': label, 'speaker': speaker, 'captions': list(captions)}
 
 
+class NoUsableAudio(ValueError):
+    """Every file listed for a build was skipped; `skipped` says why (path, reason)."""
+
+    def __init__(self, message: str, skipped: Sequence[tuple[str, str]]):
+        super().__init__(message)
+        self.skipped = list(skipped)
+
+
 class AudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base of the builders here; each lists what it skipped in `self.skipped` (path, reason)."""
+    """Base of the builders here; each lists what it skipped in `self.skipped` (path, reason)
+    and what it kept despite a problem in `self.warnings` (path, what)."""
 
     skipped: list[tuple[str, str]]
+    warnings: Sequence[tuple[str, str]] = ()
 
     # TFDS 4.9.10 looks a builder's source file up through `importlib_resources`, a package it
     # only installs on Python < 3.9; this is the path TFDS falls back to anyway.
@@ -144,31 +199,47 @@ class AudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def code_path(cls) -> epath.Path:
         return epath.Path(inspect.getfile(cls))
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... Subsequent calls
+    # will reuse this data." around a build; prepare_dataset prints the report instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
 
 @dataclasses.dataclass
 class BuildReport:
-    """What a build produced and what it skipped (never silently)."""
+    """What a build produced, what it skipped and what it kept with a warning (never silently)."""
 
     dataset_dir: str = ''
     sample_rate: int = 0
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    warnings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def num_built(self) -> int:
         return sum(self.counts.values())
 
+    def file_lines(self) -> list[str]:
+        """One line per skipped file and per file kept with a warning."""
+        return ([f'skipped {path}: {reason}' for path, reason in self.skipped]
+                + [f'warning {path}: {what}' for path, what in self.warnings])
+
     def summary_lines(self) -> list[str]:
-        lines = [f'skipped {path}: {reason}' for path, reason in self.skipped]
-        lines.append(f'dataset {self.dataset_dir} ({self.sample_rate} Hz, {self.seconds:.1f} s)')
+        lines = self.file_lines()
+        lines.append(f'dataset {self.dataset_dir} ({self.sample_rate} Hz), built in {self.seconds:.1f} s')
         lines += [f'  {split}: {n} examples' for split, n in self.counts.items()]
+        lines += [f'warning: split {split} has 0 examples' for split, n in self.counts.items() if not n]
         lines.append(f'built {self.num_built} examples, skipped {len(self.skipped)}')
         return lines
 
     def write(self, path: str | pathlib.Path) -> None:
         report = dataclasses.asdict(self) | {'num_built': self.num_built}
         report['skipped'] = [{'path': p, 'reason': r} for p, r in self.skipped]
+        report['warnings'] = [{'path': p, 'what': w} for p, w in self.warnings]
         pathlib.Path(path).write_text(json.dumps(report, indent=2) + '\n')
 
     @classmethod
@@ -176,21 +247,24 @@ class BuildReport:
         report = json.loads(pathlib.Path(path).read_text())
         del report['num_built']
         report['skipped'] = [(s['path'], s['reason']) for s in report['skipped']]
+        report['warnings'] = [(w['path'], w['what']) for w in report.get('warnings', [])]
         return cls(**report)
 
 
 def prepare_dataset(
     builder_cls: type[AudioBuilder], out: str | pathlib.Path, **builder_kwargs
 ) -> BuildReport:
-    """Builds `builder_cls(data_dir=out, file_format='array_record', **builder_kwargs)`.
+    """Builds `builder_cls(file_format='array_record', **builder_kwargs)` into DATA_DIR `out`,
+    writes `out/build_report.json` and prints the report's lines.
 
-    Replaces an earlier build of the same dataset in `out`, refuses to put a second, different
-    dataset next to an existing one (readers expect one per DATA_DIR), writes
-    `out/build_report.json`. Callers print `report.summary_lines()`.
+    The dataset is generated in scratch space under `out` and moved into place when complete,
+    replacing an earlier build of the same dataset; a second, different dataset next to an
+    existing one is refused (readers expect one per DATA_DIR). A failed build leaves `out` as it
+    was (removed if the build created it), except that when every file was skipped the reasons
+    are printed and written to `out/build_report.json` before NoUsableAudio is raised.
     """
     start = time.perf_counter()
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dataset_root = out / builder_cls.name
     others = [p.parent for p in out.rglob('dataset_info.json') if dataset_root not in p.parents]
     if others:
@@ -198,20 +272,42 @@ def prepare_dataset(
             f'{out} already holds another dataset ({", ".join(map(str, others))}); '
             'build into an empty directory.'
         )
-    if dataset_root.exists():
-        shutil.rmtree(dataset_root)
-    builder = builder_cls(data_dir=str(out), file_format='array_record', **builder_kwargs)
-    # Scratch space (TFDS's download dir, decoded audio) lives under `out`, not in /tmp,
-    # and goes away after the build.
-    with tempfile.TemporaryDirectory(dir=out, prefix='.build-') as scratch:
-        builder.download_and_prepare(download_dir=scratch)
+    created = next((p for p in reversed([out, *out.absolute().parents]) if not p.exists()), None)
+    out.mkdir(parents=True, exist_ok=True)
+    tfds.display_progress_bar(sys.stderr.isatty())  # nested bars leave control codes in logs
+    try:
+        # Scratch space (the dataset being written, TFDS's download dir, decoded audio) lives
+        # under `out`, not in /tmp, and goes away after the build.
+        with tempfile.TemporaryDirectory(dir=out, prefix='.build-') as scratch:
+            staging = pathlib.Path(scratch, 'data')
+            builder = builder_cls(data_dir=str(staging), file_format='array_record', **builder_kwargs)
+            builder.download_and_prepare(download_dir=str(pathlib.Path(scratch, 'download')))
+            dataset_dir = out / pathlib.Path(builder.data_dir).relative_to(staging)
+            if dataset_root.exists():
+                shutil.rmtree(dataset_root)
+            (staging / builder_cls.name).rename(dataset_root)
+    except NoUsableAudio as e:
+        report = BuildReport(skipped=printable_paths(e.skipped), seconds=time.perf_counter() - start)
+        report.write(out / REPORT_NAME)
+        print('\n'.join(report.file_lines()))
+        raise NoUsableAudio(f'{e} (reasons above and in {out / REPORT_NAME})', e.skipped) from None
+    except BaseException:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     splits = builder.info.splits
     report = BuildReport(
-        dataset_dir=str(builder.data_dir),
+        dataset_dir=str(dataset_dir),
         sample_rate=int(builder.info.metadata['sample_rate']),
         counts={s: splits[s].num_examples if s in splits else 0 for s in SPLITS},
-        skipped=list(builder.skipped),
+        skipped=printable_paths(builder.skipped),
+        warnings=printable_paths(builder.warnings),
         seconds=time.perf_counter() - start,
     )
     report.write(out / REPORT_NAME)
+    print('\n'.join(report.summary_lines()))
     return report
+
+
+def printable_paths(items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(printable(path), text) for path, text in items]

@@ -554,7 +554,7 @@ def main(argv=None) -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--sample_rate', type=int, default=16000)
     parser.add_argument('--num_captions', type=int, default=3)
-    print('\n'.join(build(**vars(parser.parse_args(argv))).summary_lines()))
+    build(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':
