@@ -5,11 +5,16 @@ normalisation statistics and the sample rate) and ``E/params`` (Orbax, the onlin
 no target encoder, predictor or optimizer state). Downstream::
 
     encoder = avpretrain.load_pretrained("E")
-    frames, times = encoder.frame_embeddings(waveforms, sample_rate=44100)   # [B, T', D'], seconds
-    scene = encoder.scene_embeddings(waveforms, sample_rate=44100)           # [B, D']
+    frames, times, valid = encoder.frame_embeddings(waveforms, sample_rate=44100)  # [B, T', D'], seconds, mask
+    scene = encoder.scene_embeddings(waveforms, sample_rate=44100)                 # [B, D']
+
+Every clip is cut into training-length chunks and the encoder runs over fixed-size batches of
+chunks (one compiled shape), so time and memory follow the total audio length, never the number
+of clips times the longest one.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 
@@ -17,9 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from flax import nnx
 
 from avpretrain import audio, checkpoint, config as config_lib, models, sharding, workdir as workdir_lib
+
+HOP = 160  # log-mel hop in samples (audio.log_mel's default)
+# Log-mel frames of context on each side of a chunk's window: 2 hops cover the STFT's half window
+# (200 samples), so a chunk's frames see exactly the samples they see in the whole clip's log-mel.
+CONTEXT_FRAMES = 2
+# A 2-D array whose rows are shorter than one STFT window (400 samples) while it has more rows
+# than that length is read as [samples, channels], not as [clips, samples].
+MIN_CLIP_SAMPLES = 400
 
 
 def _encoder_model(config, mesh, seed: int | None = None):
@@ -41,13 +55,19 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     mean, std = stats
     model = _encoder_model(config, sharding.single_device_mesh())
     params = checkpoint.restore_params(workdir / "checkpoints", nnx.to_pure_dict(nnx.state(model)), step)
+    return write_export(out, config, params, (mean, std))
+
+
+def write_export(out, config, params, norm_stats) -> pathlib.Path:
+    """Writes an export: ``out/params`` (Orbax, the encoder's pure-dict ``params``) and ``out/config.json``."""
+    out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save((out / "params").absolute(), params, force=True)
-    ckptr.wait_until_finished()
-    meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": [float(mean), float(std)],
-            "sample_rate": int(config.data.sample_rate), "format": "avpretrain-encoder-v1"}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save((out / "params").absolute(), params, force=True)
+        ckptr.wait_until_finished()
+    meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": [float(v) for v in norm_stats],
+            "sample_rate": int(config.data.sample_rate), "format": workdir_lib.EXPORT_FORMAT}
+    (out / workdir_lib.CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return out
 
 
@@ -64,41 +84,40 @@ class PretrainedEncoder:
         self.sample_rate = sample_rate
         self.input_frames = model.input_frames
         self.patch = model.patch
-        self.hop_seconds = 160 / sample_rate
+        self.hop_seconds = HOP / sample_rate
+        self.chunk_samples = self.input_frames * HOP
+        self.window_samples = self.chunk_samples + 2 * CONTEXT_FRAMES * HOP
         self.text_model = config.data.get("text_model") or None
         self._sentence_encoder = None
         graphdef, state = nnx.split(model)
         frames = self.input_frames
 
-        def chunked_lms(waves_BS):
-            """[B, n·frames·hop] waveforms → the log-mel of each whole clip cut into n chunks [B·n, 1, F, frames]."""
-            lms = audio.normalize(audio.log_mel(waves_BS, sample_rate=sample_rate), *self.norm_stats)
-            B, F, T = lms.shape
-            n = (T - 1) // frames
-            chunks = lms[:, :, :n * frames].reshape(B, F, n, frames).transpose(0, 2, 1, 3)
-            return chunks.reshape(B * n, 1, F, frames), n
+        def chunk_lms(windows_CW):
+            """Chunk windows [C, window_samples] → the chunks' normalised log-mel [C, 1, F, frames]."""
+            lms = audio.log_mel(windows_CW, sample_rate=sample_rate)[:, :, CONTEXT_FRAMES:CONTEXT_FRAMES + frames]
+            return audio.normalize(lms, *self.norm_stats)[:, None]
 
         @jax.jit
-        def embed(state, waves_BS):
-            """→ frame embeddings of the chunks, concatenated along time: [B, n·T/p, D']."""
-            m = nnx.merge(graphdef, state)
-            chunks, _ = chunked_lms(waves_BS)
-            emb = m.frame_embeddings(chunks)
-            return emb.reshape(waves_BS.shape[0], -1, emb.shape[-1])
+        def embed_frames(state, windows_CW):
+            """→ the frame embeddings of each chunk [C, T/p, D']."""
+            return nnx.merge(graphdef, state).frame_embeddings(chunk_lms(windows_CW))
 
         @jax.jit
-        def embed_joint(state, waves_BS, cols_B):
-            """→ the joint-space audio embedding [B, D] over the tokens of each clip's valid columns."""
+        def encode_tokens(state, windows_CW):
+            """→ the encoder's patch tokens of each chunk [C, gF·gT, D] (CLS dropped)."""
+            return nnx.merge(graphdef, state).encode(chunk_lms(windows_CW))[:, 1:]
+
+        @jax.jit
+        def embed_joint(state, tokens_HKND, cols_H):
+            """Tokens of the K chunks of H clips → the joint-space embedding [H, D] over each clip's valid columns."""
             m = nnx.merge(graphdef, state)
-            chunks, n = chunked_lms(waves_BS)
-            tokens = m.encode(chunks)[:, 1:]
-            B, (gF, gT) = waves_BS.shape[0], m.grid
-            tokens = tokens.reshape(B, n * gF * gT, tokens.shape[-1])
-            column = (jnp.arange(n)[:, None, None] * gT + jnp.arange(gT)[None, None, :]).repeat(gF, axis=1)
-            return m.embed_tokens(tokens, column.reshape(1, -1) < cols_B[:, None])
+            H, K, N, D = tokens_HKND.shape
+            gF, gT = m.grid
+            column = (jnp.arange(K)[:, None, None] * gT + jnp.arange(gT)[None, None, :]).repeat(gF, axis=1)
+            return m.embed_tokens(tokens_HKND.reshape(H, K * N, D), column.reshape(1, -1) < cols_H[:, None])
 
         self._state = state
-        self._embed, self._embed_joint = embed, embed_joint
+        self._embed_frames, self._encode_tokens, self._embed_joint = embed_frames, encode_tokens, embed_joint
         self._embed_text = jax.jit(lambda state, x: nnx.merge(graphdef, state).embed_text(x))
 
     @property
@@ -109,70 +128,131 @@ class PretrainedEncoder:
     def is_audio_language(self) -> bool:
         return hasattr(self.model, "embed_tokens")
 
-    def _prepare(self, waveforms, sample_rate, lengths):
-        if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
-            waveforms = [waveforms]
-        waves = [np.asarray(w, np.float32) for w in waveforms]
+    def _prepare(self, waveforms, sample_rate, lengths) -> list[np.ndarray]:
+        """The clips as 1-D float32 arrays at the model's rate. Accepted: a list of 1-D clips, one 1-D clip,
+        or a [clips, samples] array (numpy or anything with ``__array__``)."""
+        if isinstance(waveforms, (list, tuple)):
+            waves = [np.asarray(w, np.float32) for w in waveforms]
+            for i, w in enumerate(waves):
+                if w.ndim != 1:
+                    raise ValueError(f"clip {i} has shape {w.shape}: expected 1-D mono samples "
+                                     "(down-mix a [samples, channels] clip with x.mean(axis=1))")
+        else:
+            array = np.asarray(waveforms, np.float32)
+            if array.ndim not in (1, 2):
+                raise ValueError(f"waveforms must be a list of 1-D clips or a [clips, samples] array, got shape "
+                                 f"{array.shape}")
+            if array.ndim == 2 and array.shape[1] < MIN_CLIP_SAMPLES < array.shape[0]:
+                raise ValueError(f"waveforms of shape {array.shape} look like [samples, channels] (rows shorter than "
+                                 f"one {MIN_CLIP_SAMPLES}-sample STFT window): pass a list of mono clips or "
+                                 "down-mix with x.mean(axis=1)")
+            waves = [array] if array.ndim == 1 else list(array)
+        for i, w in enumerate(waves):
+            if not np.all(np.isfinite(w)):
+                raise ValueError(f"clip {i} contains NaN or inf samples")
         if lengths is not None:
+            if len(lengths) != len(waves):
+                raise ValueError(f"lengths has {len(lengths)} entries for {len(waves)} clips")
             waves = [w[:int(n)] for w, n in zip(waves, lengths)]
         if sample_rate is not None and sample_rate != self.sample_rate:
             waves = [audio.resample(w, sample_rate, self.sample_rate) for w in waves]
         return waves
 
-    def _batches(self, waves, batch_size):
-        """(start, [batch_size, n_chunks·chunk] zero-padded waveforms) over ``waves``; every clip gets
-        whole training-length chunks, all batches the same shape (one compilation)."""
-        chunk_samples = self.input_frames * 160
-        n_chunks = max(max(1, -(-len(w) // chunk_samples)) for w in waves)
-        for start in range(0, len(waves), batch_size):
-            batch = np.zeros((batch_size, n_chunks * chunk_samples), np.float32)
-            for row, w in enumerate(waves[start:start + batch_size]):
-                batch[row, :len(w)] = w[:n_chunks * chunk_samples]
-            yield start, batch
+    def _num_chunks(self, num_samples: int) -> int:
+        return max(1, -(-num_samples // self.chunk_samples))
 
-    def _columns(self, waves):
+    def _chunk_windows(self, wave) -> np.ndarray:
+        """The clip zero-padded to whole chunks, as one window per chunk with the log-mel's context on both
+        sides (reflected at the clip's ends, as the whole clip's log-mel does): [n, window_samples], a view."""
+        padded = np.pad(wave, (0, self._num_chunks(len(wave)) * self.chunk_samples - len(wave)))
+        padded = np.pad(padded, CONTEXT_FRAMES * HOP, mode="reflect")
+        return np.lib.stride_tricks.sliding_window_view(padded, self.window_samples)[::self.chunk_samples]
+
+    def _per_clip(self, fn, waves, order, batch_size):
+        """Yields (clip index, ``fn``'s output for each of its chunks [n, ...]) for the clips in ``order``.
+
+        The chunks of all clips, one after another, go through the jitted ``fn`` ``batch_size`` at a time
+        (one compiled shape; only the last batch is padded), so time and memory follow the total number
+        of chunks and one clip's length, never the number of clips times the longest.
+        """
+        windows = ((i, w) for i in order for w in self._chunk_windows(waves[i]))
+        batch = np.zeros((batch_size, self.window_samples), np.float32)
+        parts = []
+        while rows := list(itertools.islice(windows, batch_size)):
+            for row, (_, w) in enumerate(rows):
+                batch[row] = w
+            batch[len(rows):] = 0
+            out = np.asarray(fn(self._state, batch))
+            for (i, _), chunk_out in zip(rows, out):
+                parts.append(chunk_out)
+                if len(parts) == self._num_chunks(len(waves[i])):
+                    yield i, np.stack(parts)
+                    parts = []
+
+    def _columns(self, waves) -> np.ndarray:
         """Patch columns covered by each clip (at least one)."""
-        return np.asarray([max(1, audio.num_frames(len(w)) // self.patch) for w in waves])
+        return np.asarray([max(1, audio.num_frames(len(w)) // self.patch) for w in waves], np.int64)
 
-    def frame_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 32):
+    def frame_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 64):
         """Per patch column: (embeddings [B, T', D'] zeroed past each clip's end, timestamps [T'] in
-        seconds (column centres), valid [B, T']).
+        seconds (column centres), valid [B, T']); T' is the longest clip's number of columns.
 
         The log-mel of each whole clip is cut into training-length chunks that are embedded and
-        concatenated along time (as M2D does); clips are zero-padded to whole chunks.
+        concatenated along time (as M2D does); clips are zero-padded to whole chunks. ``batch_size``
+        is the number of chunks per encoder call. No clips give empty arrays.
         """
         waves = self._prepare(waveforms, sample_rate, lengths)
         cols = self._columns(waves)
-        outs = [np.asarray(self._embed(self._state, batch))[:len(waves) - start]
-                for start, batch in self._batches(waves, batch_size)]
-        total = int(cols.max())
-        emb = np.concatenate(outs)[:, :total]
+        total = int(cols.max(initial=0))
+        emb = np.zeros((len(waves), total, self.embedding_dim), np.float32)
+        for i, chunks in self._per_clip(self._embed_frames, waves, range(len(waves)), batch_size):
+            emb[i, :cols[i]] = chunks.reshape(-1, chunks.shape[-1])[:cols[i]]
         valid = np.arange(total)[None] < cols[:, None]
         timestamps = (np.arange(total) * self.patch + self.patch / 2) * self.hop_seconds
-        return emb * valid[..., None], timestamps, valid
+        return emb, timestamps, valid
 
     def scene_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 64):
-        """Mean of the frame embeddings over each clip's valid time: [B, D']."""
-        emb, _, valid = self.frame_embeddings(waveforms, sample_rate, lengths, batch_size)
-        return emb.sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
+        """Mean of the frame embeddings over each clip's valid time: [B, D'] ([0, D'] for no clips)."""
+        waves = self._prepare(waveforms, sample_rate, lengths)
+        cols = self._columns(waves)
+        scene = np.zeros((len(waves), self.embedding_dim), np.float32)
+        for i, chunks in self._per_clip(self._embed_frames, waves, range(len(waves)), batch_size):
+            scene[i] = chunks.reshape(-1, chunks.shape[-1])[:cols[i]].mean(0)
+        return scene
 
     def _require_audio_language(self, what):
         if not self.is_audio_language:
             raise ValueError(f"{what} needs an audio-language model (method m2d_clap or m2d2); this one is "
                              f"{self.config.method!r}")
 
-    def embed_audio(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 32):
-        """Joint audio-text space: L2-normalised [B, D] over the whole of each clip."""
+    def embed_audio(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 64):
+        """Joint audio-text space: L2-normalised [B, D] over the whole of each clip ([0, D] for no clips).
+
+        The encoder runs over the chunks ``batch_size`` at a time; the head then takes each clip's
+        tokens, clips grouped by their number of chunks rounded up to a power of two (one compiled
+        shape per group size), at most ``batch_size`` chunks' tokens per call.
+        """
         self._require_audio_language("embed_audio")
         waves = self._prepare(waveforms, sample_rate, lengths)
-        cols = np.zeros(batch_size, np.int32)
-        outs = []
-        for start, batch in self._batches(waves, batch_size):
-            part = self._columns(waves[start:start + batch_size])
-            cols[:] = 1
-            cols[:len(part)] = part
-            outs.append(np.asarray(self._embed_joint(self._state, batch, cols))[:len(part)])
-        return _l2_normalize(np.concatenate(outs))
+        cols = self._columns(waves)
+        size = [1 << (self._num_chunks(len(w)) - 1).bit_length() for w in waves]
+        groups = []  # head calls: clips of one size, at most max(1, batch_size // size) of them
+        for s in sorted(set(size)):
+            members = [i for i in range(len(waves)) if size[i] == s]
+            per_call = max(1, batch_size // s)
+            groups += [members[k:k + per_call] for k in range(0, len(members), per_call)]
+        clips = self._per_clip(self._encode_tokens, waves, [i for g in groups for i in g], batch_size)
+        (gF, gT), width = self.model.grid, self.model.dims["width"]
+        out = np.zeros((len(waves), width), np.float32)
+        for group in groups:
+            s = size[group[0]]
+            tokens = np.zeros((max(1, batch_size // s), s, gF * gT, width), np.float32)
+            group_cols = np.ones(len(tokens), np.int32)
+            for row, (i, clip_tokens) in zip(range(len(group)), clips):
+                tokens[row, :len(clip_tokens)] = clip_tokens
+                group_cols[row] = cols[i]
+            out[group] = np.asarray(self._embed_joint(self._state, tokens, group_cols))[:len(group)]
+        return _l2_normalize(out)
 
     def embed_text(self, texts, batch_size: int = 256):
         """Joint audio-text space: L2-normalised [B, D] for a list of strings (encoded with the sentence
@@ -210,18 +290,47 @@ def _l2_normalize(x):
 
 
 def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> PretrainedEncoder:
-    """Loads an exported encoder (no training state). ``random_init``: same architecture, fresh weights."""
+    """Loads an exported encoder (no training state). ``random_init``: same architecture, fresh weights.
+
+    A training workdir, a missing or corrupt ``config.json`` and unreadable parameters are errors
+    (ValueError / FileNotFoundError) naming the path.
+    """
     path = pathlib.Path(path)
-    meta_file = path / "config.json"
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{meta_file} not found: is {path} a directory written by `avpretrain export`?")
-    meta = json.loads(meta_file.read_text())
+    meta = workdir_lib.export_meta(path)
     config = config_lib.from_json(json.dumps(meta["config"]))
     model = _encoder_model(config, sharding.single_device_mesh(), seed=seed if random_init else None)
     if not random_init:
-        state = nnx.state(model)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
-        params = ocp.StandardCheckpointer().restore((path / "params").absolute(), abstract)
-        nnx.replace_by_pure_dict(state, params)
-        nnx.update(model, state)
+        _restore_params(path / "params", model)
     return PretrainedEncoder(model, config, meta["norm_stats"], meta["sample_rate"])
+
+
+def _restore_params(params_dir: pathlib.Path, model) -> None:
+    """Fills ``model`` with the parameters stored in ``params_dir``; a store that cannot be read is a
+    ValueError naming it with the first line of the underlying error."""
+    if not params_dir.is_dir():
+        raise FileNotFoundError(f"{params_dir} not found: an export holds config.json and params/")
+    state = nnx.state(model)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    try:
+        # Orbax reads all arrays concurrently and closes its event loop at the first failure; with an
+        # unreadable OCDBT index every read still pending then prints "Event loop is closed". Listing
+        # the index first turns that case into one error before any concurrent read starts.
+        ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir.absolute()}/"}).result().list().result()
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir.absolute(), abstract)
+    except Exception as e:  # Orbax and TensorStore raise assorted types
+        raise ValueError(f"{params_dir}: cannot restore the parameters (truncated or corrupt export?): "
+                         f"{_first_line(_root_cause(e))}") from e
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -162,14 +162,25 @@ def test_encoder_only_checkpoint_and_norm_stats(state_dict):
     assert interop.norm_stats_of(state_dict) is None
     model = interop.load_state_dict(enc, num_heads=4, decoder_num_heads=2, input_size=INPUT)
     out = interop.to_state_dict(model)
-    assert "norm_stats" not in out
     for k in enc:
-        if k != "norm_stats":
-            assert np.array_equal(out[k], enc[k]), k
+        assert np.array_equal(out[k], enc[k]), k
     for k in out:
         if k.startswith(("target_blocks.", "target_norm.")):
             assert np.array_equal(out[k], enc[k.replace("target_", "", 1)]), k
     assert out["decoder_embed.weight"].shape[1] == 64  # fresh predictor, encoder width in
+
+
+def test_round_trip_keeps_norm_stats(state_dict, lms):
+    official = {**state_dict, "norm_stats": np.array([-7.1, 4.2], np.float32)}
+    model = interop.load_state_dict(official, **HEADS, input_size=INPUT)
+    out = interop.to_state_dict(model)
+    assert out.keys() == official.keys()
+    for k, v in official.items():
+        assert out[k].dtype == v.dtype and np.array_equal(out[k], v), k
+    assert interop.norm_stats_of(out) == pytest.approx((-7.1, 4.2))
+    # the kept statistics do not get in the way of the jitted forward
+    np.testing.assert_allclose(np.asarray(interop.encoder_tokens(model, lms)), ref_encoder(state_dict, lms),
+                               atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("edit, input_size, key", [
@@ -195,9 +206,12 @@ def test_pth_round_trip_with_torch(state_dict, tmp_path):
     interop.save_pth(model, path, norm_stats=(-7.1, 4.2))
     saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
     np.testing.assert_allclose(interop.norm_stats_of({k: v.numpy() for k, v in saved.items()}), (-7.1, 4.2), rtol=1e-6)
-    back = interop.to_state_dict(interop.load_state_dict(str(path), **HEADS, input_size=INPUT))
-    ours = interop.to_state_dict(model)
-    assert back.keys() == ours.keys() and all(np.array_equal(back[k], ours[k]) for k in ours)
+    loaded = interop.load_state_dict(str(path), **HEADS, input_size=INPUT)
+    back, ours = interop.to_state_dict(loaded), interop.to_state_dict(model)
+    assert back.keys() == ours.keys() | {"norm_stats"} and all(np.array_equal(back[k], ours[k]) for k in ours)
+    interop.save_pth(loaded, path)  # without norm_stats=: the statistics it was loaded with
+    saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    np.testing.assert_array_equal(saved["norm_stats"].numpy(), back["norm_stats"])
 
 
 def test_path_without_torch_says_so(tmp_path, monkeypatch):

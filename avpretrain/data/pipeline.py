@@ -1,8 +1,7 @@
 """grain input pipelines: per-process shard → seeded shuffle → random crop/pad → batch → global jax.Array.
 
 Training iterators are infinite and checkpointable (``get_state``/``set_state`` via Orbax). The
-evaluation pipeline visits every example of a split exactly once: the last batch is padded and
-``mask`` marks the real examples.
+evaluation pipeline visits every example of a split exactly once, each clip at its own length.
 """
 from __future__ import annotations
 
@@ -125,34 +124,23 @@ def to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def eval_batches(data_dir: str, split: str, *, batch_size: int, pad_multiple: int = 1,
-                 max_samples: int | None = None, process_index: int = 0, process_count: int = 1):
-    """Every example of ``split`` once, in order, as padded numpy batches (each example read once).
+def eval_batches(data_dir: str, split: str, *, batch_size: int, process_index: int = 0, process_count: int = 1):
+    """Every example of ``split`` once, in order, ``batch_size`` examples at a time (the last batch
+    shorter), each example read once.
 
-    Each batch: ``audio`` [B, L] float32 with L the batch's longest clip rounded up to
-    ``pad_multiple`` (capped at ``max_samples``), ``num_samples`` [B], ``label`` [B], ``mask`` [B]
-    (0 for the padding examples that fill the last batch), and for the real examples only:
-    ``record`` (index in the split), ``id`` (str) and ``captions`` (list of str) lists.
+    Each batch: ``audio`` (a list of float32 [samples] arrays, every clip at its own length: nothing is
+    padded), ``label`` [B] int32, and lists ``record`` (index in the split), ``id`` (str) and
+    ``captions`` (list of str).
     """
     src = source_lib.data_source(data_dir, split)
     indices = np.arange(len(src))[process_index::process_count]
     for start in range(0, len(indices), batch_size):
-        waves, labels, info = [], [], {"record": [], "id": [], "captions": []}
+        batch = {"audio": [], "label": [], "record": [], "id": [], "captions": []}
         for i in indices[start:start + batch_size]:
             example = src[int(i)]
-            waves.append(example["audio"] if max_samples is None else example["audio"][:max_samples])
-            labels.append(int(example["label"]))
-            info["record"].append(int(i))
-            info["id"].append(example["id"].decode())
-            info["captions"].append([c.decode() for c in example.get("captions", [])])
-        longest = max(len(w) for w in waves)
-        length = -(-longest // pad_multiple) * pad_multiple
-        out = {"audio": np.zeros((batch_size, length), np.float32),
-               "num_samples": np.zeros(batch_size, np.int32),
-               "label": np.zeros(batch_size, np.int32), "mask": np.zeros(batch_size, np.float32)}
-        for row, wave in enumerate(waves):
-            out["audio"][row] = _crop_or_pad(wave, length, None)
-            out["num_samples"][row] = len(wave)
-            out["label"][row] = labels[row]
-            out["mask"][row] = 1.0
-        yield out | info
+            batch["audio"].append(example["audio"].astype(np.float32) * INT16_SCALE)
+            batch["label"].append(int(example["label"]))
+            batch["record"].append(int(i))
+            batch["id"].append(example["id"].decode())
+            batch["captions"].append([c.decode() for c in example.get("captions", [])])
+        yield batch | {"label": np.asarray(batch["label"], np.int32)}

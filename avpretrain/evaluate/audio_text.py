@@ -29,18 +29,15 @@ def _load(model_dir, data_dir):
     return encoder, meta
 
 
-def embed_audio_split(encoder, data_dir, split: str, batch_size: int = 32):
+def embed_audio_split(encoder, data_dir, split: str, batch_size: int = 64):
     """Joint-space audio embeddings [N, D] of every clip of ``split`` and the clips' records:
     dict of lists ``record``, ``id``, ``captions`` plus ``label`` [N]."""
-    chunk = encoder.input_frames * 160
     embs, info = [], {"record": [], "id": [], "captions": [], "label": []}
-    for batch in pipeline.eval_batches(data_dir, split, batch_size=batch_size, pad_multiple=chunk):
-        keep = batch["mask"] > 0
-        embs.append(encoder.embed_audio(batch["audio"][keep], lengths=batch["num_samples"][keep],
-                                        batch_size=batch_size))
+    for batch in pipeline.eval_batches(data_dir, split, batch_size=batch_size):
+        embs.append(encoder.embed_audio(batch["audio"], batch_size=batch_size))
         for key in ("record", "id", "captions"):
             info[key] += batch[key]
-        info["label"] += batch["label"][keep].tolist()
+        info["label"] += batch["label"].tolist()
     if not embs:
         raise ValueError(f"split {split!r} of {data_dir} is empty")
     info["label"] = np.asarray(info["label"], np.int64)
@@ -55,7 +52,7 @@ def class_prompts(label_names, template: str = DEFAULT_TEMPLATE) -> list[str]:
 
 
 def zero_shot(model_dir, data_dir, *, template: str = DEFAULT_TEMPLATE, split: str = "test",
-              batch_size: int = 32) -> dict:
+              batch_size: int = 64) -> dict:
     """Top-1 accuracy (and mAP over one-hot labels) of the nearest class prompt, per clip of ``split``."""
     encoder, meta = _load(model_dir, data_dir)
     t0 = time.time()
@@ -97,7 +94,7 @@ def caption_text_embeddings(encoder, data_dir, split, info) -> tuple[np.ndarray,
     return encoder.embed_text(texts), np.asarray(owner), "encoded"
 
 
-def retrieval(model_dir, data_dir, *, split: str = "test", batch_size: int = 32) -> dict:
+def retrieval(model_dir, data_dir, *, split: str = "test", batch_size: int = 64) -> dict:
     """Audio→text and text→audio R@1/5/10 and mAP@10 over all captions of ``split``."""
     encoder, _ = _load(model_dir, data_dir)
     t0 = time.time()

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 _STD_FLOOR = 1e-8  # dimensions with a smaller train std are treated as constant
-_FALLBACK_VALID_FRACTION = 0.1
+FALLBACK_VALID_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _check_split(name, x, y, num_classes):
 
 def _split_off_validation(x, y, seed):
     order = np.random.default_rng(seed).permutation(len(x))
-    num_valid = max(1, round(_FALLBACK_VALID_FRACTION * len(x)))
+    num_valid = max(1, round(FALLBACK_VALID_FRACTION * len(x)))
     if num_valid >= len(x):
         raise ValueError(f"need at least 2 train examples to hold out validation, got {len(x)}")
     valid, train = order[:num_valid], order[num_valid:]

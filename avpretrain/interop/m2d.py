@@ -7,6 +7,10 @@ directions::
     tokens = encoder_tokens(model, lms)          # [B, 1+N, D], CLS first, patches frequency-major
     sd = to_state_dict(model)                    # official names, torch layouts, float32 numpy
 
+A checkpoint's ``norm_stats`` entry (the input normalisation, not a weight) is kept on the loaded model
+as ``model.norm_stats`` (a ``NormStats`` variable, exactly as stored) and given back by
+``to_state_dict`` / ``save_pth``, so ``to_state_dict(load_state_dict(sd))`` has the keys of ``sd``.
+
 Everything but the head counts and the input size is read off the shapes. Torch Linear weights are
 [out, in] (ours [in, out]); the stride-p patch conv [D, 1, p, p] is our Linear(p·p → D) over
 ``vit.patchify``; LayerNorm ``weight`` is our ``scale``; ``pos_embed`` / ``decoder_pos_embed`` are
@@ -33,8 +37,8 @@ from avpretrain import sharding
 from avpretrain.models import vit
 from avpretrain.models.m2d import M2D, SIZES
 
-# Not model weights: skipped when loading (exact names / name endings).
-IGNORED_KEYS = ("norm_stats",)
+NORM_STATS_KEY = "norm_stats"  # the input normalisation (mean, std): kept beside the weights
+# Not model weights: skipped when loading (name endings).
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 # Keys that an encoder-only release may lack (filled in as the module docstring says).
 TARGET_PREFIXES = ("target_blocks.", "target_norm.")
@@ -61,6 +65,10 @@ def _name_table(model: M2D):
     return rows
 
 
+class NormStats(nnx.Variable):
+    """The ``norm_stats`` array of a loaded checkpoint, as stored (not a parameter or position buffer)."""
+
+
 def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu()
@@ -85,9 +93,9 @@ def _read(state_dict_or_path) -> dict[str, np.ndarray]:
 def norm_stats_of(state_dict) -> tuple[float, float] | None:
     """(mean, std) of the input normalisation stored with a checkpoint, or None."""
     sd = state_dict.get("model", state_dict) if isinstance(state_dict, Mapping) else state_dict
-    if "norm_stats" not in sd:
+    if NORM_STATS_KEY not in sd:
         return None
-    mean, std = _to_numpy(sd["norm_stats"]).reshape(-1)[:2]
+    mean, std = _to_numpy(sd[NORM_STATS_KEY]).reshape(-1)[:2]
     return float(mean), float(std)
 
 
@@ -122,7 +130,8 @@ def load_state_dict(state_dict_or_path, *, num_heads: int, decoder_num_heads: in
     ``ignore_prefixes`` skips further keys (e.g. the CLAP heads of an M2D-CLAP checkpoint).
     """
     sd = _read(state_dict_or_path)
-    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS and not k.endswith(IGNORED_SUFFIXES)
+    norm_stats = sd.pop(NORM_STATS_KEY, None)
+    sd = {k: v for k, v in sd.items() if not k.endswith(IGNORED_SUFFIXES)
           and not (ignore_prefixes and k.startswith(tuple(ignore_prefixes)))}
     dims = _dims(sd, num_heads, decoder_num_heads)
     n_mels, frames = input_size
@@ -166,25 +175,32 @@ def load_state_dict(state_dict_or_path, *, num_heads: int, decoder_num_heads: in
     if not has(TARGET_PREFIXES):  # encoder-only release: the target starts as the online encoder
         nnx.update(model.target_blocks, nnx.state(model.blocks, nnx.Param))
         nnx.update(model.target_norm, nnx.state(model.norm, nnx.Param))
+    if norm_stats is not None:
+        model.norm_stats = NormStats(norm_stats)
     return model
 
 
 def to_state_dict(model: M2D) -> dict[str, np.ndarray]:
-    """The official names and torch layouts, float32 numpy (no ``norm_stats``)."""
-    return {name: np.ascontiguousarray(_LAYOUTS[kind][0](np.asarray(jax.device_get(var[...]), np.float32),
-                                                          model.patch))
-            for var, name, kind in _name_table(model)}
+    """The official names and torch layouts, float32 numpy; plus ``norm_stats`` as loaded, if the model
+    came from a checkpoint that had it."""
+    sd = {name: np.ascontiguousarray(_LAYOUTS[kind][0](np.asarray(jax.device_get(var[...]), np.float32),
+                                                        model.patch))
+          for var, name, kind in _name_table(model)}
+    if isinstance(getattr(model, NORM_STATS_KEY, None), NormStats):
+        sd[NORM_STATS_KEY] = np.array(model.norm_stats[...])
+    return sd
 
 
 def save_pth(model: M2D, path, norm_stats: tuple[float, float] | None = None) -> None:
-    """Writes ``{'model': state_dict}`` with torch (``norm_stats`` = (mean, std) stored in it if given)."""
+    """Writes ``{'model': state_dict}`` with torch; ``norm_stats`` = (mean, std) replaces the model's own
+    (kept from the checkpoint it was loaded from), if any."""
     try:
         import torch
     except ImportError as e:
         raise ImportError("save_pth needs PyTorch (pip install torch); to_state_dict gives numpy arrays") from e
     sd = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(model).items()}
     if norm_stats is not None:
-        sd["norm_stats"] = torch.tensor(list(norm_stats), dtype=torch.float32)
+        sd[NORM_STATS_KEY] = torch.tensor(list(norm_stats), dtype=torch.float32)
     torch.save({"model": sd}, path)
 
 
