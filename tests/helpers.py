@@ -46,3 +46,26 @@ def read_all(data_dir) -> dict[str, dict]:
             ex = ds[i]
             examples[ex['id'].decode()] = dict(ex, split=split, captions=[c.decode() for c in ex['captions']])
     return examples
+
+
+def start_training(data_dir, workdir, **overrides):
+    """``avpretrain train`` of the tiny config in a subprocess, returned once it has logged two steps
+    (a long schedule: it runs until signalled)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    overrides = tiny_overrides(data_dir, total_steps=10_000, log_every=1, checkpoint_every=10_000, **overrides)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "avpretrain", "train", f"--config={REPO / TINY_CONFIG}",
+                             *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={workdir}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = pathlib.Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()
+    return proc, overrides

@@ -1,17 +1,13 @@
 """The generic trainer: sharding invariance, exact resume, SIGTERM, non-finite stop, metrics, CLI."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from avpretrain import cli, sharding, train
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
+from helpers import REPO, TINY_CONFIG, start_training, tiny_config
 
 STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass in these tests
 
@@ -51,19 +47,7 @@ def test_non_finite_loss_stops_without_checkpoint(data_dir, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
     workdir = tmp_path / "w"
-    overrides = tiny_overrides(data_dir, total_steps=10_000, log_every=1, checkpoint_every=10_000, **STATS)
-    args = [f"--config.{k}={v}" for k, v in overrides.items()]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "avpretrain", "train", f"--config={REPO / TINY_CONFIG}", *args,
-                             f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()
+    proc, _ = start_training(data_dir, workdir, **STATS)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

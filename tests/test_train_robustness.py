@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -16,7 +14,7 @@ from orbax.checkpoint import type_handlers
 from orbax.checkpoint._src.futures import future
 
 from avpretrain import checkpoint, cli, metrics as metrics_lib, train, workdir as workdir_lib
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
+from helpers import REPO, TINY_CONFIG, start_training, tiny_config, tiny_overrides
 
 MEAN, STD = -8.0, 3.6
 STATS = {"data.norm_stats": (MEAN, STD)}
@@ -103,18 +101,7 @@ def test_compatible_resume_warns_records_and_keeps_norm_stats(data_dir, tmp_path
 
 def test_sigint_saves_a_checkpoint_and_exits_zero_then_resumes(data_dir, tmp_path):
     workdir = tmp_path / "w"
-    overrides = tiny_overrides(data_dir, total_steps=10_000, log_every=1, checkpoint_every=10_000, **STATS)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "avpretrain", "train", f"--config={REPO / TINY_CONFIG}",
-                             *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={workdir}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()
+    proc, overrides = start_training(data_dir, workdir, **STATS)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in out, out
