@@ -103,6 +103,9 @@ _CHECKS = {
     "data.sample_rate": (lambda v: v >= 1, "a positive integer"),
     "model.input_frames": (lambda v: v >= 1, "a positive integer"),
     "model.mask_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "model.dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    "model.attention": (lambda v: v in ("auto", "plain", "xla", "cudnn"), "auto, plain, xla or cudnn"),
+    "model.remat": (lambda v: v in ("none", "dots", "full"), "none, dots or full"),
 }
 
 

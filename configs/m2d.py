@@ -58,7 +58,9 @@ def get_config(arg=None):
     c.model.n_mels = 80
     c.model.patch = 16
     c.model.mask_ratio = 0.7
-    c.model.dtype = "float32"      # "bfloat16" for TPU/GPU compute (params stay float32)
+    c.model.dtype = "float32"      # compute dtype; "bfloat16" on TPU/GPU (params and optimizer stay float32)
+    c.model.attention = "auto"     # auto: cuDNN flash on GPUs in bf16, plain on CPUs, XLA else | plain | xla | cudnn
+    c.model.remat = "none"         # none | dots (recompute norms/GELU/softmax) | full (each block: least memory)
     for field in ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_heads"):
         c.model[field] = ml_collections.config_dict.placeholder(int)   # None: the size's value
 

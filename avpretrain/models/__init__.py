@@ -1,5 +1,8 @@
 """Model registry: ``config.method`` → constructor taking (config.model, rngs, encoder_only)."""
+from avpretrain import runtime
 from avpretrain.models import m2d, m2d_clap
+
+runtime.avoid_quadratic_tracing()  # flax NNX's per-variable sharding probes (see there)
 
 MODELS = {
     "m2d": m2d.from_config,

@@ -70,13 +70,20 @@ class M2D(nnx.Module):
 
     def __init__(self, *, input_frames: int, n_mels: int = 80, patch: int = 16, width: int, depth: int,
                  num_heads: int, mlp_ratio: float = 4.0, pred_width: int, pred_depth: int, pred_heads: int,
-                 mask_ratio: float = 0.7, dtype=jnp.float32, encoder_only: bool = False, rngs: nnx.Rngs):
-        """``encoder_only`` builds just the online encoder (exported models: no target, no predictor)."""
+                 mask_ratio: float = 0.7, dtype=jnp.float32, attention: str = "auto", remat: str = "none",
+                 encoder_only: bool = False, rngs: nnx.Rngs):
+        """``encoder_only`` builds just the online encoder (exported models: no target, no predictor).
+
+        ``dtype`` is the compute dtype (params and optimizer state stay float32); ``attention`` picks
+        ``jax.nn.dot_product_attention``'s implementation (``vit.attention_implementation``);
+        ``remat`` ("none", "dots", "full": ``vit.REMAT``) is what the backward pass of the trained
+        blocks recomputes instead of keeping.
+        """
         if n_mels % patch or input_frames % patch:
             raise ValueError(f"n_mels={n_mels} and input_frames={input_frames} must be multiples of patch={patch}")
         self.patch, self.n_mels, self.input_frames = patch, n_mels, input_frames
         self.grid = (n_mels // patch, input_frames // patch)
-        self.mask_ratio = mask_ratio
+        self.mask_ratio, self.remat = mask_ratio, remat
         self.dims = dict(width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          pred_width=pred_width, pred_depth=pred_depth, pred_heads=pred_heads)
         normal = nnx.initializers.normal(0.02)
@@ -84,21 +91,21 @@ class M2D(nnx.Module):
         self.patch_embed = vit.dense(patch * patch, width, (None, "embed"), rngs, dtype)
         self.cls_token = nnx.Param(normal(rngs.params(), (1, 1, width)), out_sharding=(None, None, "embed"))
         self.pos_embed = vit.Buffer(jnp.asarray(vit.sincos_pos_embed(width, *self.grid))[None])
-        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype)
+        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
         self.norm = vit.layer_norm(width, rngs, dtype)
         self.encoder_only = encoder_only
         if encoder_only:
             return
         # Target encoder: its own blocks + norm, starting as a copy of the online ones.
-        self.target_blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype)
+        self.target_blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
         self.target_norm = vit.layer_norm(width, rngs, dtype)
-        nnx.update(self.target_blocks, nnx.state(self.blocks, nnx.Param))
-        nnx.update(self.target_norm, nnx.state(self.norm, nnx.Param))
+        vit.assign_params(self.target_blocks, nnx.state(self.blocks, nnx.Param))
+        vit.assign_params(self.target_norm, nnx.state(self.norm, nnx.Param))
         # Predictor.
         self.decoder_embed = vit.dense(width, pred_width, ("embed", None), rngs, dtype)
         self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, pred_width)), out_sharding=(None, None, None))
         self.decoder_pos_embed = vit.Buffer(jnp.asarray(vit.sincos_pos_embed(pred_width, *self.grid))[None])
-        self.decoder_blocks = vit.blocks(pred_depth, pred_width, pred_heads, mlp_ratio, rngs, dtype)
+        self.decoder_blocks = vit.blocks(pred_depth, pred_width, pred_heads, mlp_ratio, rngs, dtype, attention)
         self.decoder_norm = vit.layer_norm(pred_width, rngs, dtype)
         self.decoder_pred = vit.dense(pred_width, width, (None, "embed"), rngs, dtype)
 
@@ -125,16 +132,12 @@ class M2D(nnx.Module):
         x = self._patch_tokens(lms)
         if ids_keep is not None:
             x = vit.gather_tokens(x, ids_keep)
-        x = self._with_cls(x)
-        for block in self.blocks:
-            x = block(x)
+        x = vit.apply_blocks(self.blocks, self._with_cls(x), remat=self.remat)
         return self.norm(x)
 
     def encode_target(self, lms, ids_masked):
         """Target encoder on the masked patches: [B, M, D] (CLS dropped), no gradient."""
-        x = self._with_cls(vit.gather_tokens(self._patch_tokens(lms), ids_masked))
-        for block in self.target_blocks:
-            x = block(x)
+        x = vit.apply_blocks(self.target_blocks, self._with_cls(vit.gather_tokens(self._patch_tokens(lms), ids_masked)))
         return jax.lax.stop_gradient(self.target_norm(x)[:, 1:])
 
     def predict(self, online_B1KD, ids_restore, len_keep):
@@ -144,8 +147,7 @@ class M2D(nnx.Module):
         masks = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (B, N - len_keep, x.shape[-1]))
         x_ = vit.gather_tokens(jnp.concatenate([x[:, 1:], masks], axis=1), ids_restore)
         x = jnp.concatenate([x[:, :1], x_], axis=1) + self.decoder_pos_embed[...].astype(x.dtype)
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = vit.apply_blocks(self.decoder_blocks, x, remat=self.remat)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     # -- training ---------------------------------------------------------------------------
@@ -167,7 +169,7 @@ class M2D(nnx.Module):
         for online, target in ((self.blocks, self.target_blocks), (self.norm, self.target_norm)):
             new = jax.tree.map(lambda o, t: decay * t + (1 - decay) * o,
                                nnx.state(online, nnx.Param), nnx.state(target, nnx.Param))
-            nnx.update(target, new)
+            vit.assign_params(target, new)
 
     # -- downstream ---------------------------------------------------------------------------
     def frame_embeddings(self, lms):
@@ -200,7 +202,8 @@ def kwargs_from_config(model_config, encoder_only: bool = False) -> dict:
     dims.update({k: m[k] for k in dims if m.get(k) is not None})
     return dict(input_frames=m.input_frames, n_mels=m.get("n_mels", 80), patch=m.get("patch", 16),
                 mlp_ratio=m.get("mlp_ratio", 4.0), mask_ratio=m.mask_ratio,
-                dtype=jnp.dtype(m.get("dtype", "float32")), encoder_only=encoder_only, **dims)
+                dtype=jnp.dtype(m.get("dtype", "float32")), attention=m.get("attention", "auto"),
+                remat=str(m.get("remat", "none")), encoder_only=encoder_only, **dims)
 
 
 def from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D:

@@ -81,7 +81,8 @@ class M2D2(M2D):
         self.text_dim = text_dim
         self.semantic_token = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, 1, width)),
                                         out_sharding=(None, None, "embed"))
-        self.semantic_blocks = vit.blocks(head_depth, width, d["num_heads"], d["mlp_ratio"], rngs, dtype)
+        self.semantic_blocks = vit.blocks(head_depth, width, d["num_heads"], d["mlp_ratio"], rngs, dtype,
+                                          m2d_kwargs.get("attention", "auto"))
         self.semantic_norm = vit.layer_norm(width, rngs, dtype)
         self.text_mlp = vit.Mlp(text_dim, text_hidden or 2 * width, rngs, dtype, out_dim=width)
         self.logit_scale = _logit_scale()
@@ -94,8 +95,7 @@ class M2D2(M2D):
         x = jnp.concatenate([jnp.broadcast_to(self.semantic_token[...].astype(tokens_BND.dtype), (B, 1, D)),
                              tokens_BND], axis=1)
         valid = None if valid_BN is None else jnp.concatenate([jnp.ones((B, 1), bool), valid_BN], axis=1)
-        for block in self.semantic_blocks:
-            x = block(x, valid)
+        x = vit.apply_blocks(self.semantic_blocks, x, valid, remat=self.remat)
         return self.semantic_norm(x[:, 0])
 
     def loss(self, batch, rng):
