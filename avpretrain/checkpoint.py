@@ -7,7 +7,6 @@ Saves are asynchronous; ``Saver`` turns a failed one into one ``SaveFailedError`
 """
 from __future__ import annotations
 
-import grain
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
@@ -25,6 +24,13 @@ type_handlers.register_type_handler(
 logging.set_verbosity(_verbosity)
 
 
+def _grain():
+    """grain, imported by the training paths only (exported models and params load without it)."""
+    import grain
+
+    return grain
+
+
 def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = True) -> ocp.CheckpointManager:
     """Also removes the unfinished saves (temporary directories) a killed run left behind."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
@@ -32,13 +38,13 @@ def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = T
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                "iter": grain.checkpoint.CheckpointHandler()})
+                                                "iter": _grain().checkpoint.CheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, iterator=None, *, force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if iterator is not None:
-        items["iter"] = grain.checkpoint.CheckpointSave(iterator)
+        items["iter"] = _grain().checkpoint.CheckpointSave(iterator)
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -97,7 +103,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=N
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if iterator is not None:
-        items["iter"] = grain.checkpoint.CheckpointRestore(iterator)
+        items["iter"] = _grain().checkpoint.CheckpointRestore(iterator)
     return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
 
 

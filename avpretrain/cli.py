@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(n)
     n.add_argument("--steps", type=positive_int, default=10, help="timed steps (after warm-up)")
     n.add_argument("--warmup", type=positive_int, default=2, help="untimed steps first (compilation included)")
-    n.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak for MFU (H100 bf16: 989)")
+    n.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak TFLOP/s for MFU (default: the datasheet figure, or cores x clock x FMA width on CPUs)")
     n.add_argument("--data-batches", type=non_negative_int, default=20, help="batches for the input-pipeline figure (0: skip)")
     _distributed_args(n)
     n.set_defaults(func=cmd_bench)
@@ -346,6 +346,9 @@ def main(argv=None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
     if overrides and not hasattr(args, "config"):
         parser.error(f"{args.command} takes no --config.* overrides")
+    from avpretrain import runtime
+
+    runtime.setup()
     try:
         return args.func(args, overrides) or 0
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:

@@ -23,9 +23,12 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from avpretrain import audio, checkpoint, metrics as metrics_lib, models, sharding
+import avpretrain
+from avpretrain import audio, metrics as metrics_lib, models, runtime, sharding
 from avpretrain import workdir as workdir_lib
-from avpretrain.data import pipeline, source as source_lib
+from avpretrain.data import pipeline
+# Orbax, grain and TFDS (checkpoint, data.source) are imported by the functions that use them, so
+# that `avpretrain bench` and the export/eval paths, which build models and steps, load none of them.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,8 +58,9 @@ def create_train_state(config, mesh) -> TrainState:
 
 def learning_rate(config):
     peak = config.optim.base_lr * config.batch_size / 256
-    warmup = int(config.optim.warmup_fraction * config.total_steps)
-    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(config.total_steps, warmup + 1), 0.0)
+    warmup = max(int(config.optim.warmup_fraction * config.total_steps), 1)
+    # at least one decay step after the warm-up (optax refuses zero), also for a 1-step run
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(config.total_steps, warmup + 1), 0.0)
 
 
 def make_optimizer(config, model):
@@ -146,6 +150,8 @@ def initialize_from(config, state) -> None:
     if missing:
         raise KeyError(f"config.init.params: {missing} are not attributes of this model; it has {sorted(model)}")
     try:
+        from avpretrain import checkpoint
+
         restored = checkpoint.restore_params_from(config.init.path, {n: model[n] for n in names})
     except ValueError as e:
         raise ValueError(f"config.init.path={config.init.path}: cannot restore {names} into this model "
@@ -222,6 +228,9 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
 
 
 def _train(config, workdir, stop_at, signals) -> TrainResult:
+    from avpretrain import checkpoint
+    from avpretrain.data import source as source_lib
+
     mesh = make_mesh(config)
     rules = config.sharding_rules
     if config.batch_size % sharding.data_parallel_size(mesh, rules):
@@ -263,11 +272,21 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
         _check_finite(flags, step)
         saver.save(step, nnx.to_pure_dict(state), iterator, force=force)
 
+    compiled = None
     try:
         while step < stop:
             batch = pipeline.to_global(next(iterator), batch_sharding)
             with sharding.mesh_rules(mesh, rules):
-                state, out = train_step(state, batch, jnp.asarray(step, jnp.int32))
+                if compiled is None:  # ahead of time, so that the compile's freed memory goes back first
+                    t0 = time.time()
+                    compiled = train_step.lower(state, batch, jnp.asarray(step, jnp.int32)).compile()
+                    compile_s = time.time() - t0
+                    runtime.release_host_memory()
+                state, out = compiled(state, batch, jnp.asarray(step, jnp.int32))
+            if step == start:
+                jax.block_until_ready(out)
+                metrics_lib.log(f"first step done {time.time() - avpretrain.STARTED:.1f} s after start "
+                                f"(step compiled or loaded from the cache in {compile_s:.1f} s)")
             step += 1
             flags.append(out.pop("finite"))
             pending.append((step, out))

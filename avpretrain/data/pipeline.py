@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import grain
 import jax
 import numpy as np
 
 from avpretrain import audio, metrics as metrics_lib
-from avpretrain.data import source as source_lib
+
+# grain and TFDS (``source``) are imported where datasets are built: the step helpers here
+# (``clip_samples``, ``process_batch_size``, ``to_global``) serve `avpretrain bench` without them.
 
 INT16_SCALE = 1.0 / 32768.0
 
@@ -33,14 +34,14 @@ def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None)
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomCrop(grain.transforms.RandomMap):
+class RandomCrop:
     """A random crop of ``length`` samples; with stored captions, also one caption embedding drawn
     at random (the per-element rng is seeded by grain from the seed and the position in the
     repeated stream: deterministic by seed, a new draw each epoch)."""
 
     length: int
 
-    def random_map(self, element, rng: np.random.Generator):
+    def __call__(self, element, rng: np.random.Generator):  # grain's random_map callable
         out = {"audio": _crop_or_pad(element["audio"], self.length, rng)}
         if "caption_embeddings" in element:
             captions = element["caption_embeddings"]
@@ -80,6 +81,8 @@ class CaptionedSource:
 
 def training_source(config):
     """The training split as a random-access source (``CaptionedSource`` with data.use_captions)."""
+    from avpretrain.data import source as source_lib
+
     src = source_lib.data_source(config.data.dir, config.data.split)
     if not config.data.use_captions:
         return src
@@ -99,8 +102,10 @@ def process_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def train_dataset(config, *, seed: int | None = None) -> grain.IterDataset:
-    """This process's infinite, shuffled stream of cropped-and-batched training examples."""
+def train_dataset(config, *, seed: int | None = None):
+    """This process's infinite, shuffled stream (a ``grain.IterDataset``) of cropped-and-batched training examples."""
+    import grain
+
     seed = config.seed if seed is None else seed
     ds = grain.MapDataset.source(training_source(config))
     if len(ds) < jax.process_count():
@@ -132,6 +137,8 @@ def eval_batches(data_dir: str, split: str, *, batch_size: int, process_index: i
     padded), ``label`` [B] int32, and lists ``record`` (index in the split), ``id`` (str) and
     ``captions`` (list of str).
     """
+    from avpretrain.data import source as source_lib
+
     src = source_lib.data_source(data_dir, split)
     indices = np.arange(len(src))[process_index::process_count]
     for start in range(0, len(indices), batch_size):
