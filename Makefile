@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 DEMO_CLAP_DIR ?= runs/demo_clap
 
-.PHONY: venv test demo demo-clap bench clean
+.PHONY: venv test demo demo-clap bench bench-reference clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ demo-clap: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8
+
+# The official PyTorch M2D step vs ours, pair by pair: M2D_DIR=<nttcslab/m2d checkout, set up per its
+# README> M2D_DEPS=<pip install --target DIR timm==0.4.5> (README, Benchmark).
+bench-reference: $(STAMP)
+	@test -n "$(M2D_DIR)" || { echo "error: set M2D_DIR=<checkout of nttcslab/m2d> (README, Benchmark)" >&2; exit 2; }
+	$(PY) benchmarks/m2d_reference.py --m2d-dir "$(M2D_DIR)" $(if $(M2D_DEPS),--ref-pythonpath "$(M2D_DEPS)") --size base --batch 8 --pairs 3 --order alternate
 
 clean:
 	rm -rf $(VENV) runs
