@@ -99,8 +99,8 @@ class M2D(nnx.Module):
         # Target encoder: its own blocks + norm, starting as a copy of the online ones.
         self.target_blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
         self.target_norm = vit.layer_norm(width, rngs, dtype)
-        vit.assign_params(self.target_blocks, nnx.state(self.blocks, nnx.Param))
-        vit.assign_params(self.target_norm, nnx.state(self.norm, nnx.Param))
+        nnx.update(self.target_blocks, nnx.state(self.blocks, nnx.Param))
+        nnx.update(self.target_norm, nnx.state(self.norm, nnx.Param))
         # Predictor.
         self.decoder_embed = vit.dense(width, pred_width, ("embed", None), rngs, dtype)
         self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, pred_width)), out_sharding=(None, None, None))
@@ -169,7 +169,7 @@ class M2D(nnx.Module):
         for online, target in ((self.blocks, self.target_blocks), (self.norm, self.target_norm)):
             new = jax.tree.map(lambda o, t: decay * t + (1 - decay) * o,
                                nnx.state(online, nnx.Param), nnx.state(target, nnx.Param))
-            vit.assign_params(target, new)
+            nnx.update(target, new)
 
     # -- downstream ---------------------------------------------------------------------------
     def frame_embeddings(self, lms):

@@ -177,18 +177,6 @@ def sincos_pos_embed(dim: int, grid_f: int, grid_t: int, cls_token: bool = True)
     return emb.astype(np.float32)
 
 
-def assign_params(module, values) -> None:
-    """Sets ``module``'s Params to ``values`` (an ``nnx.State`` of the same structure), by path.
-
-    What ``nnx.update`` does, without its per-variable ``getattr(tracer, 'sharding')``, which under
-    jit builds an error message for every param (flax 0.12): that made tracing the init and the EMA
-    update take seconds.
-    """
-    params = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
-    for path, value in nnx.to_flat_state(values):
-        params[path].set_value(value.get_value() if isinstance(value, nnx.Variable) else value)
-
-
 def gather_tokens(x_BND, ids_BK):
     """x[b, ids[b, k]] for every b, k."""
     return jnp.take_along_axis(x_BND, ids_BK[..., None], axis=1)
