@@ -115,23 +115,42 @@ def cmd_export(args, overrides):
     print(f"exported encoder to {out}")
 
 
+AV_BUILDERS = ("av_folder", "ravdess", "ravdess_audio", "crema_d")  # data_pipelines.<name>.build(source, out, ...)
+
+
 def cmd_data_build(args, overrides):
     """Builds the dataset; the build prints its report (skipped files, warnings, counts)."""
     _output_dir(args.out, "--out")
     if args.name == "demo":
         from data_pipelines import demo
 
-        demo.build(args.out, num_clips=args.num_clips, seed=args.seed, sample_rate=args.sample_rate,
+        demo.build(args.out, num_clips=args.num_clips or 2400, seed=args.seed, sample_rate=args.sample_rate,
                    num_captions=args.num_captions)
+    elif args.name == "demo_av":
+        from data_pipelines import demo_av
+
+        demo_av.build(args.out, num_clips=args.num_clips or demo_av.DEFAULT_NUM_CLIPS, seed=args.seed)
     else:
         if not args.source:
             raise ValueError(f"data build {args.name} needs --source DIR")
         import importlib
 
         module = importlib.import_module(f"data_pipelines.{args.name}")
-        kwargs = {"seed": args.seed} if args.name == "audio_folder" else {}
+        kwargs = {"seed": args.seed} if args.name in ("audio_folder", "av_folder") else {}
+        if args.name in AV_BUILDERS:
+            kwargs["max_no_face_fraction"] = args.max_no_face_fraction
+        if args.name == "av_folder":
+            kwargs["require_audio"] = not args.audio_optional
         module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
                      allow_outside_source=args.allow_outside_source, **kwargs)
+
+
+def cmd_data_show(args, overrides):
+    from avpretrain.data import show
+
+    _output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+    path = show.contact_sheet(args.data, args.out, split=args.split, n=args.n, seed=args.seed)
+    print(f"contact sheet of {args.n} examples written to {path}")
 
 
 def cmd_data_stats(args, overrides):
@@ -265,19 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
-    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho"])
+    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", *AV_BUILDERS])
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
     b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
                    "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
     b.add_argument("--sample-rate", type=positive_int, default=16000, help="stored sample rate (Hz)")
     b.add_argument("--seed", type=int, default=0, help="seed of the demo corpus / of the 80/10/10 split")
-    b.add_argument("--num-clips", type=positive_int, default=2400, help="demo: number of clips")
+    b.add_argument("--num-clips", type=positive_int, help="demo / demo_av: number of clips (default 2400 / 1600)")
     b.add_argument("--num-captions", type=non_negative_int, default=3, help="demo: captions per clip")
     b.add_argument("--min-seconds", type=float, default=0.5,
                    help="audio_folder/audiocaps/clotho: shorter files are skipped")
     b.add_argument("--allow-outside-source", action="store_true",
                    help="use listed audio paths that lead outside --source (refused by default)")
+    b.add_argument("--max-no-face-fraction", type=float, default=0.5,
+                   help="av_folder/ravdess/crema_d: skip a video with no face found in more than this share of frames")
+    b.add_argument("--audio-optional", action="store_true",
+                   help="av_folder: keep videos without an audio stream (video-only examples)")
     b.set_defaults(func=cmd_data_build)
+    sh = d.add_parser("show", help="a contact sheet PNG of a few examples: face frames over time, log-mel, labels")
+    sh.add_argument("data", help="dataset directory (as for data build --out)")
+    sh.add_argument("--split", help="split to draw from (default: train, else the first)")
+    sh.add_argument("--n", type=positive_int, default=8, help="number of examples")
+    sh.add_argument("--seed", type=int, default=0, help="which examples (a seeded draw)")
+    sh.add_argument("--out", required=True, help="PNG file to write")
+    sh.set_defaults(func=cmd_data_show)
     s = d.add_parser("stats", help="normalisation mean/std of the log-mel from random crops")
     _config_args(s)
     s.add_argument("--workdir", required=True, help="norm_stats.json is stored here")

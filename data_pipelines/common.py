@@ -177,6 +177,58 @@ def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', captions
     return {'id': id_, 'audio': audio, 'label': label, 'speaker': speaker, 'captions': list(captions)}
 
 
+# ----------------------------------------------------------------------------- audiovisual
+
+# The audiovisual storage contract (av_folder, ravdess, crema_d, demo_av): 16 kHz mono int16 audio
+# and face crops at 25 fps, so video frame i covers audio samples [i·640, (i+1)·640): a 2 s clip is
+# 50 frames ↔ 32,000 samples ↔ 100 STFT frames at hop 320 (DESIGN §5, VQ-MAE-AV).
+AV_SAMPLE_RATE = 16000
+VIDEO_FPS = 25
+FACE_SIZE = 96
+SAMPLES_PER_FRAME = AV_SAMPLE_RATE // VIDEO_FPS  # 640
+JPEG_QUALITY = 90
+
+
+def av_features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
+    """`audio_features` plus the face track. Audio-only examples have no frames ([] and [0, 4]);
+    video-only examples have no samples ([]). With both, len(audio) == len(video) · 640."""
+    return tfds.features.FeaturesDict({
+        **audio_features(label_names),
+        # One JPEG (RGB, FACE_SIZE x FACE_SIZE) per frame at VIDEO_FPS: ~10x smaller than raw
+        # uint8, decoded in the input pipeline (`decode_frame`).
+        'video': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+        # Per stored frame, the face crop taken from the source frame: x0, y0, x1, y1 as fractions of
+        # the source width/height (may reach past [0, 1] when the margin leaves the frame: padded).
+        'face_boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+    })
+
+
+def av_example(id_: str, audio: np.ndarray, frames: Sequence[bytes], face_boxes: np.ndarray, label: str,
+               speaker: str = '', captions: Sequence[str] = ()):
+    return example(id_, audio, label, speaker, captions) | {
+        'video': list(frames), 'face_boxes': np.asarray(face_boxes, np.float32).reshape(-1, 4)}
+
+
+def encode_frame(rgb_HW3: np.ndarray) -> bytes:
+    """uint8 RGB [H, W, 3] -> JPEG bytes (a standard RGB JPEG)."""
+    import cv2
+
+    ok, buf = cv2.imencode('.jpg', np.ascontiguousarray(rgb_HW3[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f'cannot JPEG-encode a frame of shape {rgb_HW3.shape}')
+    return buf.tobytes()
+
+
+def decode_frame(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 RGB [H, W, 3]."""
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'cannot decode a stored frame ({len(jpeg)} bytes)')
+    return bgr[..., ::-1]
+
+
 class NoUsableAudio(ValueError):
     """Every file listed for a build was skipped; `skipped` says why (path, reason)."""
 
