@@ -80,6 +80,25 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
     return np.ascontiguousarray(mel_NF.T, dtype=np.float32)
 
 
+def _stft_power(wave_BS, n_fft: int, win_length: int, hop_length: int):
+    """Centred (reflect-padded) Hann STFT power of [B, samples]: [B, 1 + samples // hop, n_fft // 2 + 1]."""
+    if wave_BS.ndim != 2:
+        raise ValueError(f"waveform must be [samples] or [B, samples], got {wave_BS.shape}")
+    padded_BS = jnp.pad(wave_BS, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
+    frames = 1 + (padded_BS.shape[1] - n_fft) // hop_length  # num_frames() for even n_fft
+    index_TW = hop_length * np.arange(frames)[:, None] + np.arange(n_fft)[None, :]
+    return _power_spectrum(padded_BS[:, index_TW] * _hann_window(n_fft, win_length))
+
+
+@functools.partial(jax.jit, static_argnames=("n_fft", "win_length", "hop_length"))
+def power_spectrogram(waveform, *, n_fft: int = 1024, win_length: int | None = None, hop_length: int = 320):
+    """|STFT|² of a float waveform: [B, samples] -> [B, 1 + samples // hop, n_fft // 2 + 1] (centred
+    frames, periodic Hann of ``win_length`` = n_fft by default; VQ-MAE-AV's audio: 1024 / 320 at 16 kHz)."""
+    waveform = jnp.asarray(waveform, jnp.float32)
+    power = _stft_power(jnp.atleast_2d(waveform), n_fft, win_length or n_fft, hop_length)
+    return power[0] if waveform.ndim == 1 else power
+
+
 @functools.partial(jax.jit, static_argnames=("sample_rate", "n_fft", "win_length",
                                              "hop_length", "n_mels", "fmin", "fmax"))
 def log_mel(waveform, *, sample_rate: int = 16000, n_fft: int = 400, win_length: int = 400,
@@ -90,14 +109,7 @@ def log_mel(waveform, *, sample_rate: int = 16000, n_fft: int = 400, win_length:
     A single waveform [samples] gives [n_mels, frames]; frames = 1 + samples // hop_length.
     """
     waveform = jnp.asarray(waveform, jnp.float32)
-    if waveform.ndim not in (1, 2):
-        raise ValueError(f"waveform must be [samples] or [B, samples], got {waveform.shape}")
-    wave_BS = jnp.atleast_2d(waveform)
-    padded_BS = jnp.pad(wave_BS, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
-    frames = 1 + (padded_BS.shape[1] - n_fft) // hop_length  # num_frames() for even n_fft
-    index_TW = hop_length * np.arange(frames)[:, None] + np.arange(n_fft)[None, :]
-    frames_BTW = padded_BS[:, index_TW] * _hann_window(n_fft, win_length)
-    power_BTF = _power_spectrum(frames_BTW)
+    power_BTF = _stft_power(jnp.atleast_2d(waveform), n_fft, win_length, hop_length)
     mel_BTN = jnp.matmul(power_BTF, _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax),
                          precision=jax.lax.Precision.HIGHEST)
     lms_BNT = jnp.log(mel_BTN + LOG_EPS).transpose(0, 2, 1)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avpretrain import audio, metrics as metrics_lib, runtime, sharding, train
+from avpretrain import audio, method as method_lib, metrics as metrics_lib, runtime, sharding, step as step_lib
 from avpretrain.data import pipeline
 
 
@@ -129,27 +129,18 @@ def _xla_figures(compiled) -> tuple[float | None, float | None]:
 
 def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
     rules = config.sharding_rules
-    norm_stats = tuple(config.data.norm_stats) or (audio.M2D_NORM_MEAN, audio.M2D_NORM_STD)
-    if config.data.use_captions:  # audio-language configs: the text width of the stored embeddings
-        if config.data.dir:
-            train.resolve_text_targets(config)
-        elif not config.model.get("text_dim"):
-            config.model.text_dim = SYNTHETIC_TEXT_DIM
-    train_state = train.create_train_state(config, mesh)
+    method = method_lib.of(config)
+    norm_stats = (tuple(config.data.norm_stats) or (audio.M2D_NORM_MEAN, audio.M2D_NORM_STD)) if method.needs_stats else None
+    train_state = step_lib.create_train_state(config, mesh)
     model = train_state.model
     trainable = sum(x.size for x in jax.tree.leaves(nnx.state(model, train_state.opt.wrt)))
     total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     graphdef, state = nnx.split(train_state)
-    step_fn, _, batch_sharding = train.make_train_step(config, mesh, graphdef, state, norm_stats)
+    step_fn, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
 
     local_batch = pipeline.process_batch_size(config.batch_size)
     rng = np.random.default_rng(config.seed + jax.process_index())
-    waves = (0.1 * rng.standard_normal((local_batch, pipeline.clip_samples(config)))).astype(np.float32)
-    batch = {"audio": waves}
-    if config.data.use_captions:
-        text = rng.standard_normal((local_batch, config.model.text_dim))
-        batch["text_emb"] = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float16)
-    batch = pipeline.to_global(batch, batch_sharding)
+    batch = pipeline.to_global(method.synthetic_batch(config, local_batch, rng), batch_sharding)
 
     with sharding.mesh_rules(mesh, rules):
         t0 = time.perf_counter()
@@ -167,7 +158,8 @@ def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
     xla_flops, xla_bytes = _xla_figures(compiled)
     return {"compile_s": compile_s, "step_time_s": float(np.median(times)), "step_times_s": times,
             "first_step_unix": first_step_unix, "loss": float(out["loss"]),
-            "flops_per_step": model.flops_per_example() * config.batch_size,
+            "flops_per_step": (model.flops_per_example() * config.batch_size
+                               if hasattr(model, "flops_per_example") else None),
             "xla_flops_per_device_step": xla_flops, "xla_bytes_per_device": xla_bytes,
             "params_trainable": int(trainable), "params_total": int(total)}
 
@@ -187,7 +179,7 @@ def _pipeline_figures(config, batches: int, windows: int = 5) -> dict:
     for _ in range(windows):
         t0, n = time.perf_counter(), 0
         for _ in range(per_window):
-            n += len(next(iterator)["audio"])
+            n += len(next(iter(next(iterator).values())))
         rates.append(n / max(time.perf_counter() - t0, 1e-9))
         clips += n
     return {"pipeline_clips_per_s": float(np.median(rates)),
@@ -202,22 +194,27 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    mesh = train.make_mesh(config)
-    clip_seconds = pipeline.clip_samples(config) / config.data.sample_rate
+    method = method_lib.of(config)
+    if config.data.dir and method.prepare:  # e.g. the text width of the stored caption embeddings
+        method.prepare(config)
+    if "text_dim" in config.model and not config.model.get("text_dim"):  # no dataset: a stand-in width
+        config.model.text_dim = SYNTHETIC_TEXT_DIM
+    mesh = sharding.make_mesh(config.mesh)
+    clip_seconds = method_lib.clip_seconds(config)
     r = {"batch_size": config.batch_size, "num_devices": jax.device_count(),
          "device": jax.devices()[0].device_kind, "clip_seconds": clip_seconds}
     r.update(_step_figures(config, mesh, steps, warmup))
     step_s = r["step_time_s"]
     r["examples_per_s"] = config.batch_size / step_s
     r["audio_hours_per_s"] = r["examples_per_s"] * clip_seconds / 3600
-    r["tflops"] = r["flops_per_step"] / step_s / 1e12
+    r["tflops"] = r["flops_per_step"] and r["flops_per_step"] / step_s / 1e12
     dtype = str(config.model.get("dtype", "float32"))
     if peak_tflops > 0:
         peak, how = peak_tflops, f"{peak_tflops} TFLOP/s per device (--peak-tflops)"
     else:
         peak, how = hardware_peak(jax.devices()[0], dtype)
     r["peak_tflops_per_device"], r["peak_derivation"] = peak, how
-    r["mfu"] = r["tflops"] / (peak * r["num_devices"]) if peak else None
+    r["mfu"] = r["tflops"] / (peak * r["num_devices"]) if peak and r["tflops"] else None
     if not quiet:  # a matmul as fast as XLA runs it here: context for the MFU, never its denominator
         n = 4096 if jax.devices()[0].platform != "cpu" else 2048
         r["matmul_tflops"] = measured_matmul_tflops(n, jnp.dtype(dtype))
@@ -238,9 +235,9 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
         f"compile            {r['compile_s']:.1f} s",
         f"step time          {1e3 * step_s:.2f} ms (median of {steps} after {warmup} warm-up); loss {r['loss']:.4f}",
         f"throughput         {r['examples_per_s']:.1f} examples/s, {r['audio_hours_per_s']:.4f} audio-hours/s",
-        f"model FLOPs/step   {r['flops_per_step']:.4g} analytic; XLA cost analysis {fmt(xla_total, '.4g')} "
+        f"model FLOPs/step   {fmt(r['flops_per_step'], '.4g')} analytic; XLA cost analysis {fmt(xla_total, '.4g')} "
         f"(all devices)",
-        f"achieved           {r['tflops']:.3f} TFLOP/s; MFU {fmt(r['mfu'], '.1%')} of the stated peak",
+        f"achieved           {fmt(r['tflops'], '.3f')} TFLOP/s; MFU {fmt(r['mfu'], '.1%')} of the stated peak",
         f"peak               {how}",
         f"XLA memory/device  {fmt(r['xla_bytes_per_device'] and r['xla_bytes_per_device'] / 2**30, '.3f')} GiB "
         f"(arguments + temporaries)",
@@ -254,7 +251,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
                      f"({r['pipeline_audio_hours_per_s']:.4f} audio-hours/s per process, "
                      f"{config.data.num_workers} workers)")
     lines.append(f"bench: step_time_ms={1e3 * step_s:.3f} examples_per_s={r['examples_per_s']:.2f} "
-                 f"tflops={r['tflops']:.4f} mfu={fmt(r['mfu'], '.4f')} "
+                 f"tflops={fmt(r['tflops'], '.4f')} mfu={fmt(r['mfu'], '.4f')} "
                  f"pipeline_clips_per_s={fmt(r.get('pipeline_clips_per_s'), '.2f')}")
     if not quiet:
         metrics_lib.log("\n".join(lines))

@@ -156,9 +156,9 @@ def cmd_data_show(args, overrides):
 def cmd_data_stats(args, overrides):
     config = _load_config(args, overrides)
     _output_dir(args.workdir, "--workdir")
-    from avpretrain import train
+    from avpretrain import frontend
 
-    mean, std = train.load_or_compute_norm_stats(config, args.workdir)
+    mean, std = frontend.load_or_compute_norm_stats(config, args.workdir)
     print(f"norm_stats mean={mean:.6f} std={std:.6f}")
 
 

@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import nnx
 
-from avpretrain import audio, checkpoint, config as config_lib, models, sharding, workdir as workdir_lib
+from avpretrain import audio, checkpoint, config as config_lib, method as method_lib, sharding
+from avpretrain import workdir as workdir_lib
 
 HOP = 160  # log-mel hop in samples (audio.log_mel's default)
 # Log-mel frames of context on each side of a chunk's window: 2 hops cover the STFT's half window
@@ -39,7 +40,7 @@ MIN_CLIP_SAMPLES = 400
 def _encoder_model(config, mesh, seed: int | None = None):
     seed = config.seed if seed is None else seed
     with sharding.mesh_rules(mesh, config.sharding_rules):  # Rngs made inside the trace (mutated there)
-        return nnx.jit(lambda: models.create(config, nnx.Rngs(seed), encoder_only=True))()
+        return nnx.jit(lambda: method_lib.of(config).create(config, nnx.Rngs(seed), True))()
 
 
 def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
@@ -50,22 +51,22 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
     config = config_lib.from_json(config_file.read_text())
     stats = workdir_lib.stored_norm_stats(config, workdir)
-    if stats is None:
+    if stats is None and method_lib.of(config).needs_stats:
         raise FileNotFoundError(f"{workdir / 'norm_stats.json'} not found and config.data.norm_stats is empty")
-    mean, std = stats
     model = _encoder_model(config, sharding.single_device_mesh())
     params = checkpoint.restore_params(workdir / "checkpoints", nnx.to_pure_dict(nnx.state(model)), step)
-    return write_export(out, config, params, (mean, std))
+    return write_export(out, config, params, stats)
 
 
 def write_export(out, config, params, norm_stats) -> pathlib.Path:
-    """Writes an export: ``out/params`` (Orbax, the encoder's pure-dict ``params``) and ``out/config.json``."""
+    """Writes an export: ``out/params`` (Orbax, the encoder's pure-dict ``params``) and ``out/config.json``
+    (``norm_stats`` null for a method whose front end has no statistics)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save((out / "params").absolute(), params, force=True)
         ckptr.wait_until_finished()
-    meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": [float(v) for v in norm_stats],
+    meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": None if norm_stats is None else [float(v) for v in norm_stats],
             "sample_rate": int(config.data.sample_rate), "format": workdir_lib.EXPORT_FORMAT}
     (out / workdir_lib.CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return out
@@ -289,8 +290,10 @@ def _l2_normalize(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> PretrainedEncoder:
-    """Loads an exported encoder (no training state). ``random_init``: same architecture, fresh weights.
+def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0):
+    """Loads an exported model (no training state) through its method's export adapter
+    (``Method.pretrained``: a ``PretrainedEncoder`` for the M2D family). ``random_init``: same
+    architecture, fresh weights.
 
     A training workdir, a missing or corrupt ``config.json`` and unreadable parameters are errors
     (ValueError / FileNotFoundError) naming the path.
@@ -298,10 +301,13 @@ def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0) -> P
     path = pathlib.Path(path)
     meta = workdir_lib.export_meta(path)
     config = config_lib.from_json(json.dumps(meta["config"]))
+    method = method_lib.of(config)
+    if method.pretrained is None:
+        raise ValueError(f"{path}: method {config.method!r} has no export adapter (Method.pretrained)")
     model = _encoder_model(config, sharding.single_device_mesh(), seed=seed if random_init else None)
     if not random_init:
         _restore_params(path / "params", model)
-    return PretrainedEncoder(model, config, meta["norm_stats"], meta["sample_rate"])
+    return method.pretrained(model, config, meta)
 
 
 def _restore_params(params_dir: pathlib.Path, model) -> None:

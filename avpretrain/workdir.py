@@ -178,6 +178,8 @@ def model_norm_stats(path) -> tuple[float, float]:
     meta_file = path / CONFIG_NAME
     meta = read_json(meta_file) if meta_file.is_file() else {}
     if "norm_stats" in meta:  # an export
+        if meta["norm_stats"] is None:
+            raise ValueError(f"{path}: an export whose front end has no normalisation statistics")
         return tuple(float(v) for v in meta["norm_stats"])
     if "data" in meta:  # a training workdir: its config's statistics or its norm_stats.json
         stats = stored_norm_stats(config_lib.from_json(json.dumps(meta)), path)

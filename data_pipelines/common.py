@@ -180,13 +180,10 @@ def example(id_: str, audio: np.ndarray, label: str, speaker: str = '', captions
 # ----------------------------------------------------------------------------- audiovisual
 
 # The audiovisual storage contract (av_folder, ravdess, crema_d, demo_av): 16 kHz mono int16 audio
-# and face crops at 25 fps, so video frame i covers audio samples [i·640, (i+1)·640): a 2 s clip is
-# 50 frames ↔ 32,000 samples ↔ 100 STFT frames at hop 320 (DESIGN §5, VQ-MAE-AV).
-AV_SAMPLE_RATE = 16000
-VIDEO_FPS = 25
-FACE_SIZE = 96
-SAMPLES_PER_FRAME = AV_SAMPLE_RATE // VIDEO_FPS  # 640
-JPEG_QUALITY = 90
+# and face crops at 25 fps (the constants and the frame codec live with the reader,
+# avpretrain.data.frames).
+from avpretrain.data.frames import (  # noqa: E402,F401  (re-exported for the builders)
+    AV_SAMPLE_RATE, FACE_SIZE, JPEG_QUALITY, SAMPLES_PER_FRAME, VIDEO_FPS, decode_frame, encode_frame)
 
 
 def av_features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
@@ -207,26 +204,6 @@ def av_example(id_: str, audio: np.ndarray, frames: Sequence[bytes], face_boxes:
                speaker: str = '', captions: Sequence[str] = ()):
     return example(id_, audio, label, speaker, captions) | {
         'video': list(frames), 'face_boxes': np.asarray(face_boxes, np.float32).reshape(-1, 4)}
-
-
-def encode_frame(rgb_HW3: np.ndarray) -> bytes:
-    """uint8 RGB [H, W, 3] -> JPEG bytes (a standard RGB JPEG)."""
-    import cv2
-
-    ok, buf = cv2.imencode('.jpg', np.ascontiguousarray(rgb_HW3[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise ValueError(f'cannot JPEG-encode a frame of shape {rgb_HW3.shape}')
-    return buf.tobytes()
-
-
-def decode_frame(jpeg: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 RGB [H, W, 3]."""
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'cannot decode a stored frame ({len(jpeg)} bytes)')
-    return bgr[..., ::-1]
 
 
 class NoUsableAudio(ValueError):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avpretrain import cli, config as config_lib, export, sharding, train
+from avpretrain import cli, config as config_lib, export, sharding, step as step_lib, train
+from avpretrain.models.m2d_clap import resolve_text_targets
 from avpretrain.data import captions, pipeline
 from helpers import REPO, tiny_dataset, tiny_overrides
 
@@ -75,7 +76,7 @@ def test_stage1_sharded_equals_single_device(stage1, captioned, tmp_path, monkey
 
 def test_one_caption_per_clip_drawn_deterministically_by_seed(captioned):
     cfg = stage_config(STAGE1, captioned, batch_size=4)
-    train.resolve_text_targets(cfg)
+    resolve_text_targets(cfg)
     store = captions.CaptionEmbeddings.open(captioned, "train")
 
     def draws(seed, n=12):
@@ -113,13 +114,13 @@ def test_stage2_initialises_from_stage1_and_freezes_the_encoder(stage1, captione
 
 def test_init_errors_name_the_problem(captioned, tmp_path):
     cfg = stage_config(STAGE2, captioned, **{"init.path": str(tmp_path)})
-    train.resolve_text_targets(cfg)
-    _, state = nnx.split(train.create_train_state(cfg, train.make_mesh(cfg)))
+    resolve_text_targets(cfg)
+    _, state = nnx.split(step_lib.create_train_state(cfg, train.make_mesh(cfg)))
     with pytest.raises(FileNotFoundError, match="neither a training workdir"):
-        train.initialize_from(cfg, state)
+        step_lib.initialize_from(cfg, state)
     cfg.init.params = ("blocks", "predictor")
     with pytest.raises(KeyError, match="predictor"):
-        train.initialize_from(cfg, state)
+        step_lib.initialize_from(cfg, state)
 
 
 def test_joint_space_export(stage1, tmp_path):

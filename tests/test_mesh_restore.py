@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avpretrain import checkpoint, train
+from avpretrain import checkpoint, step as step_lib, train
 from helpers import tiny_config
 
 DATA_PARALLEL = (("data", 8), ("fsdp", 1), ("tensor", 1))
@@ -39,7 +39,7 @@ def test_resume_on_fsdp_mesh_matches_uninterrupted_run(data_dir, tmp_path, capsy
         assert second.losses[step] == pytest.approx(reference.losses[step], rel=1e-5), step
 
     # The step-6 checkpoint restored onto the FSDP mesh: params split 4 ways over 'fsdp'.
-    like = nnx.to_pure_dict(nnx.state(train.create_train_state(fsdp, train.make_mesh(fsdp))))
+    like = nnx.to_pure_dict(nnx.state(step_lib.create_train_state(fsdp, train.make_mesh(fsdp))))
     mngr = checkpoint.manager(workdir / "checkpoints", async_save=False)
     restored = checkpoint.restore(mngr, 6, like)
     mngr.close()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avpretrain import checkpoint, train
+from avpretrain import checkpoint, step as step_lib, train
 from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("multiprocess")]
@@ -105,7 +105,7 @@ def test_two_process_checkpoint_restores_in_one_process(resumed, data_dir):
     config = tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=3)
     mesh = train.make_mesh(config)
     assert mesh.devices.size == 8
-    like = nnx.to_pure_dict(nnx.state(train.create_train_state(config, mesh)))
+    like = nnx.to_pure_dict(nnx.state(step_lib.create_train_state(config, mesh)))
     mngr = checkpoint.manager(workdir / "checkpoints", async_save=False)
     assert mngr.all_steps() == [3, 6]
     restored = checkpoint.restore(mngr, 6, like)

@@ -5,22 +5,26 @@ evaluation pipeline visits every example of a split exactly once, each clip at i
 """
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import numpy as np
 
-from avpretrain import audio, metrics as metrics_lib
+from avpretrain import metrics as metrics_lib
+from avpretrain.data.frames import AV_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, decode_frame
 
 # grain and TFDS (``source``) are imported where datasets are built: the step helpers here
-# (``clip_samples``, ``process_batch_size``, ``to_global``) serve `avpretrain bench` without them.
+# (``process_batch_size``, ``to_global``) serve `avpretrain bench` without them.
 
 INT16_SCALE = 1.0 / 32768.0
 
 
-def clip_samples(config) -> int:
-    """Samples of one training crop: exactly ``model.input_frames`` log-mel frames."""
-    return audio.num_samples_for_frames(config.model.input_frames)
+# The batch fields the pipeline can produce (a method's ``inputs`` picks among them, with shapes):
+FIELDS = {
+    "audio": "float32 [S]: a random window of the waveform (int16 / 32768), zero-padded when shorter",
+    "video": "uint8 [T, H, W, 3]: the face frames of the same window (T·640 = S when both are read)",
+    "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random",
+    "label": "int32 []: the class index",
+}
 
 
 def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -28,25 +32,59 @@ def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None)
     if len(wave) > length:
         start = int(rng.integers(0, len(wave) - length + 1)) if rng is not None else 0
         wave = wave[start:start + length]
+    return _padded(wave, length)
+
+
+def _padded(wave: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros(length, np.float32)
     out[:len(wave)] = wave.astype(np.float32) * INT16_SCALE
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class RandomCrop:
-    """A random crop of ``length`` samples; with stored captions, also one caption embedding drawn
-    at random (the per-element rng is seeded by grain from the seed and the position in the
-    repeated stream: deterministic by seed, a new draw each epoch)."""
+class Crop:
+    """grain ``random_map`` callable: one example's fields for a method's ``inputs``.
 
-    length: int
+    One random window per example: audio-only at sample resolution; with video, at frame resolution,
+    the frames [f, f+T) and the samples [f·640, (f+T)·640) (a missing modality is zeros). A caption
+    embedding (``text_emb``) is drawn after the window. The per-element rng is seeded by grain from
+    the seed and the position in the repeated stream: deterministic by seed, new draws each epoch.
+    """
 
-    def __call__(self, element, rng: np.random.Generator):  # grain's random_map callable
-        out = {"audio": _crop_or_pad(element["audio"], self.length, rng)}
-        if "caption_embeddings" in element:
+    def __init__(self, inputs: dict):
+        unknown = sorted(set(inputs) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"the method asks for batch fields {unknown}; the input pipeline provides {sorted(FIELDS)}")
+        self.samples = inputs["audio"].shape[0] if "audio" in inputs else None
+        self.frames = inputs["video"].shape[0] if "video" in inputs else None
+        if self.samples is not None and self.frames is not None and self.samples != self.frames * SAMPLES_PER_FRAME:
+            raise ValueError(f"audio window of {self.samples} samples and video window of {self.frames} frames are not "
+                             f"aligned: audio must be frames x {SAMPLES_PER_FRAME} samples ({VIDEO_FPS} fps at "
+                             f"{AV_SAMPLE_RATE} Hz)")
+        self.frame_shape = inputs["video"].shape[1:] if "video" in inputs else None
+        self.fields = tuple(inputs)
+
+    def __call__(self, element, rng: np.random.Generator):
+        out = {}
+        if self.frames is None:
+            if self.samples is not None:
+                out["audio"] = _crop_or_pad(element["audio"], self.samples, rng)
+        else:
+            frames = element["video"]
+            available = len(frames) if len(frames) else len(element["audio"]) // SAMPLES_PER_FRAME
+            start = int(rng.integers(0, available - self.frames + 1)) if available > self.frames else 0
+            video = np.zeros((self.frames, *self.frame_shape), np.uint8)
+            for i, jpeg in enumerate(frames[start:start + self.frames]):
+                video[i] = decode_frame(jpeg)
+            out["video"] = video
+            if self.samples is not None:
+                first = start * SAMPLES_PER_FRAME
+                out["audio"] = _padded(element["audio"][first:first + self.samples], self.samples)
+        if "text_emb" in self.fields:
             captions = element["caption_embeddings"]
             out["text_emb"] = np.asarray(captions[rng.integers(len(captions))])
-        return out
+        if "label" in self.fields:
+            out["label"] = np.int32(element["label"])
+        return {k: out[k] for k in self.fields}
 
 
 class CaptionedSource:
@@ -76,15 +114,15 @@ class CaptionedSource:
         if element["id"].decode() != self.store.ids[record]:
             raise ValueError(f"record {record} of split {self.store.split!r} is {element['id'].decode()!r} but the "
                              f"caption embeddings expect {self.store.ids[record]!r}: run embed-captions again")
-        return {"audio": element["audio"], "caption_embeddings": self.store.for_record(record)}
+        return element | {"caption_embeddings": self.store.for_record(record)}
 
 
-def training_source(config):
-    """The training split as a random-access source (``CaptionedSource`` with data.use_captions)."""
+def training_source(config, inputs: dict):
+    """The training split as a random-access source (``CaptionedSource`` when ``inputs`` has ``text_emb``)."""
     from avpretrain.data import source as source_lib
 
     src = source_lib.data_source(config.data.dir, config.data.split)
-    if not config.data.use_captions:
+    if "text_emb" not in inputs:
         return src
     from avpretrain.data import captions
 
@@ -102,17 +140,22 @@ def process_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def train_dataset(config, *, seed: int | None = None):
-    """This process's infinite, shuffled stream (a ``grain.IterDataset``) of cropped-and-batched training examples."""
+def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None):
+    """This process's infinite, shuffled stream (a ``grain.IterDataset``) of cropped-and-batched
+    training examples with the fields of ``inputs`` (default: the method's ``inputs(config)``)."""
     import grain
 
+    from avpretrain import method as method_lib
+
     seed = config.seed if seed is None else seed
-    ds = grain.MapDataset.source(training_source(config))
+    inputs = method_lib.of(config).inputs(config) if inputs is None else inputs
+    crop = Crop(inputs)
+    ds = grain.MapDataset.source(training_source(config, inputs))
     if len(ds) < jax.process_count():
         raise ValueError(f"{config.data.dir}: split {config.data.split!r} has {len(ds)} examples "
                          f"for {jax.process_count()} processes")
     ds = ds[jax.process_index()::jax.process_count()]
-    ds = ds.shuffle(seed=seed).repeat(None).random_map(RandomCrop(clip_samples(config)), seed=seed)
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
     # Threads read and crop single clips ahead of the consumer; the buffer counts clips, not
     # batches (grain's default of 500 *batches* held gigabytes per host at pretraining batch sizes).
     batch = process_batch_size(config.batch_size)

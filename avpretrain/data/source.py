@@ -2,7 +2,9 @@
 
 DATA_DIR holds one prepared dataset: DATA_DIR/<name>/<version>/dataset_info.json + files.
 Elements are dicts of numpy values: 'audio' int16 [T], 'label' int, 'id' and 'speaker' as bytes,
-'captions' a list of bytes (possibly empty).
+'captions' a list of bytes (possibly empty). Audiovisual datasets add 'video', a list of JPEG bytes
+(RGB face crops, FACE_SIZE x FACE_SIZE at VIDEO_FPS: frame i covers audio samples
+[i·SAMPLES_PER_FRAME, (i+1)·SAMPLES_PER_FRAME)), and 'face_boxes' float32 [frames, 4].
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import dataclasses
 import pathlib
 
 import tensorflow_datasets as tfds
+
+from avpretrain.data.frames import (  # noqa: F401  (the audiovisual contract, re-exported)
+    AV_SAMPLE_RATE, FACE_SIZE, JPEG_QUALITY, SAMPLES_PER_FRAME, VIDEO_FPS, decode_frame, encode_frame)
 
 
 def find_dataset_dir(data_dir: str | pathlib.Path) -> pathlib.Path:

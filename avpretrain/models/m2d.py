@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avpretrain import audio, frontend, method
 from avpretrain.models import vit
 from avpretrain.objectives.contrastive import l2_normalize
 
@@ -208,3 +209,21 @@ def kwargs_from_config(model_config, encoder_only: bool = False) -> dict:
 
 def from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D:
     return M2D(rngs=rngs, **kwargs_from_config(model_config, encoder_only))
+
+
+# -- the method --------------------------------------------------------------------------------
+def audio_inputs(config) -> dict:
+    """One waveform crop of exactly ``model.input_frames`` log-mel frames."""
+    return {"audio": method.Field((audio.num_samples_for_frames(config.model.input_frames),))}
+
+
+def pretrained_encoder(model, config, meta):
+    """The export adapter of the M2D family: ``export.PretrainedEncoder`` (frame/scene embeddings)."""
+    from avpretrain.export import PretrainedEncoder
+
+    return PretrainedEncoder(model, config, meta["norm_stats"], meta["sample_rate"])
+
+
+METHOD = method.register(method.Method(
+    name="m2d", create=lambda config, rngs, encoder_only: from_config(config.model, rngs, encoder_only),
+    inputs=audio_inputs, frontend=(frontend.LogMel(),), pretrained=pretrained_encoder))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avpretrain import frontend, method
 from avpretrain.models import m2d, vit
 from avpretrain.models.m2d import M2D, random_masking
 from avpretrain.objectives.contrastive import LOGIT_SCALE_INIT, symmetric_infonce
@@ -112,11 +113,15 @@ class M2D2(M2D):
         return float(encoder + 3 * head)
 
 
-def _kwargs(m, encoder_only):
+def _text_dim(m) -> int:
     if not m.get("text_dim"):
         raise ValueError("config.model.text_dim is not set: the trainer fills it in from the stored caption "
                          "embeddings (`avpretrain data embed-captions --data DATA_DIR`)")
-    return dict(m2d.kwargs_from_config(m, encoder_only), text_dim=int(m.text_dim))
+    return int(m.text_dim)
+
+
+def _kwargs(m, encoder_only):
+    return dict(m2d.kwargs_from_config(m, encoder_only), text_dim=_text_dim(m))
 
 
 def stage1_from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2DCLAP:
@@ -126,3 +131,30 @@ def stage1_from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False)
 def stage2_from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D2:
     return M2D2(head_depth=model_config.head_depth, text_hidden=model_config.get("text_hidden"), rngs=rngs,
                 **_kwargs(model_config, encoder_only))
+
+
+# -- the methods ---------------------------------------------------------------------------------
+def caption_inputs(config) -> dict:
+    """The M2D crop plus one stored caption embedding per clip."""
+    return m2d.audio_inputs(config) | {"text_emb": method.Field((_text_dim(config.model),), "float16")}
+
+
+def resolve_text_targets(config) -> None:
+    """With ``data.use_captions``: fills ``data.text_model`` and ``model.text_dim`` from the stored
+    caption embeddings of the training split (before config.json is written, so exports know them)."""
+    if not config.data.use_captions:
+        return
+    from avpretrain.data import captions
+
+    store = captions.CaptionEmbeddings.open(config.data.dir, config.data.split, config.data.text_model or None)
+    if config.model.get("text_dim") and config.model.text_dim != store.dim:
+        raise ValueError(f"config.model.text_dim={config.model.text_dim} but the caption embeddings of "
+                         f"{store.model!r} in {config.data.dir} are {store.dim}-d")
+    config.data.text_model, config.model.text_dim = store.model, store.dim
+
+
+for _name, _build in (("m2d_clap", stage1_from_config), ("m2d2", stage2_from_config)):
+    method.register(method.Method(
+        name=_name, create=lambda config, rngs, encoder_only, build=_build: build(config.model, rngs, encoder_only),
+        inputs=caption_inputs, frontend=(frontend.LogMel(),), prepare=resolve_text_targets,
+        pretrained=m2d.pretrained_encoder))
