@@ -17,7 +17,8 @@ Each file is decoded once, resampled to `sample_rate` mono and validated; unusab
 skipped and listed with their reason in DATA_DIR/build_report.json.
 
 Subclasses (data_pipelines.audiocaps, data_pipelines.clotho) reuse the decoding, validation and
-splitting and only replace `AudioFolder.list_entries` and `_info`.
+splitting and only replace `AudioFolder.list_entries` and `_info`; data_pipelines.av_folder (videos)
+also replaces `features`, `decode` and `load_example`.
 
     python -m data_pipelines.audio_folder SOURCE --out DATA_DIR
 """
@@ -57,17 +58,19 @@ class Entry:
     listed_at: str = dataclasses.field(default='', compare=False)
 
 
-def list_class_folders(source: pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """Audio files under SOURCE/<class>/ (recursively), plus stray audio files at the top level."""
+def list_class_folders(
+    source: pathlib.Path, suffixes: tuple[str, ...] = common.AUDIO_SUFFIXES,
+) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Files with `suffixes` under SOURCE/<class>/ (recursively), plus stray ones at the top level."""
     entries, skipped = [], []
     for item in sorted(source.iterdir()):
         if item.name.startswith('.'):
             continue
-        if item.is_file() and item.suffix.lower() in common.AUDIO_SUFFIXES:
+        if item.is_file() and item.suffix.lower() in suffixes:
             skipped.append((str(item), 'not inside a class folder'))
         elif item.is_dir():
             for path in sorted(item.rglob('*')):
-                if path.suffix.lower() in common.AUDIO_SUFFIXES and not path.is_dir():
+                if path.suffix.lower() in suffixes and not path.is_dir():
                     id_ = common.printable(path.relative_to(source).as_posix())
                     entries.append(Entry(id_, path, item.name))
     return entries, skipped
@@ -172,18 +175,21 @@ def check_entries(entries: list[Entry], source: pathlib.Path, allow_outside_sour
                 )
 
 
-def list_source(source: str | pathlib.Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+def list_source(
+    source: str | pathlib.Path, suffixes: tuple[str, ...] = common.AUDIO_SUFFIXES, what: str = 'audio',
+) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """SOURCE/manifest.csv's entries, else those of the class folders (files with `suffixes`)."""
     source = pathlib.Path(source)
     if not source.is_dir():
-        raise FileNotFoundError(f'audio source folder not found: {source}')
+        raise FileNotFoundError(f'{what} source folder not found: {source}')
     if (source / MANIFEST).is_file():
         entries, skipped = read_manifest(source)
     else:
-        entries, skipped = list_class_folders(source)
+        entries, skipped = list_class_folders(source, suffixes)
     if not entries:
         raise ValueError(
-            f'no audio files in {source}: expected {MANIFEST} or class sub-folders holding '
-            f'{"/".join(common.AUDIO_SUFFIXES)} files'
+            f'no {what} files in {source}: expected {MANIFEST} or class sub-folders holding '
+            f'{"/".join(suffixes)} files'
         )
     return entries, skipped
 
@@ -230,6 +236,7 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
     """
 
     VERSION = tfds.core.Version('2.0.0')  # 2.0.0: 'caption' became 'captions' (a list)
+    MEDIA = 'audio'  # what the files are, in messages
 
     def __init__(
         self, *, source: str, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
@@ -254,15 +261,20 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
         """What to build from `source`: (entries, skipped (path, reason)); raises when none."""
         return list_source(source)
 
+    def features(self, label_names: list[str]) -> tfds.features.FeaturesDict:
+        """The stored features (subclasses with another storage contract replace it)."""
+        return common.audio_features(label_names)
+
     def dataset_info(
         self, description: str, *, homepage: str | None = None, citation: str | None = None,
-        **metadata,
+        label_names: list[str] | None = None, **metadata,
     ) -> tfds.core.DatasetInfo:
-        """DatasetInfo with the shared features and metadata (sample_rate, source, min_seconds)."""
+        """DatasetInfo with the shared features (labels: `label_names`, else the entries' sorted)
+        and metadata (sample_rate, source, min_seconds)."""
         return tfds.core.DatasetInfo(
             builder=self,
             description=description,
-            features=common.audio_features(sorted({e.label for e in self.entries})),
+            features=self.features(label_names or sorted({e.label for e in self.entries})),
             metadata=tfds.core.MetadataDict(
                 sample_rate=self.sample_rate, source=str(self.source.resolve()),
                 min_seconds=self.min_seconds, **metadata,
@@ -277,26 +289,31 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
             test_fraction=self.test_fraction,
         )
 
+    def decode(self, entry: Entry, stored: pathlib.Path) -> tuple[str | None, list[str]]:
+        """Decodes and validates `entry` into the scratch file `stored`: (None, warnings) when it is
+        usable, else (reason, []). Runs in the threads of `_split_generators`."""
+        x, reason, notes = common.read_checked(entry.path, self.sample_rate, self.min_seconds)
+        if reason is None:
+            np.save(stored, common.to_int16(x))
+        return reason, notes
+
+    def load_example(self, stored: pathlib.Path, entry: Entry) -> dict:
+        """The example of `entry` from what `decode` stored."""
+        return common.example(entry.id, np.load(stored), entry.label, entry.speaker, entry.captions)
+
     def _split_generators(self, dl_manager):
-        # Decode every file once (in threads: libsndfile and soxr release the GIL), keep the
-        # int16 result in scratch space so memory stays flat, then split the usable ones.
+        # Decode every file once (in threads: libsndfile, soxr, FFmpeg and OpenCV release the
+        # GIL), keep the result in scratch space so memory stays flat, then split the usable ones.
         scratch = pathlib.Path(dl_manager.download_dir) / 'decoded'
         scratch.mkdir(parents=True, exist_ok=True)
-
-        def decode(i_entry):
-            i, entry = i_entry
-            x, reason, notes = common.read_checked(entry.path, self.sample_rate, self.min_seconds)
-            if reason is None:
-                np.save(scratch / f'{i}.npy', common.to_int16(x))
-            return reason, notes
 
         # load_audio silences librosa's warnings, but catch_warnings is not thread-safe: silence
         # them here, for all the threads.
         with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
             warnings.simplefilter('ignore')
             decoded = list(tfds.core.utils.tqdm(
-                pool.map(decode, enumerate(self.entries)), total=len(self.entries),
-                desc='Decoding', unit=' files', leave=False,
+                pool.map(lambda ie: self.decode(ie[1], scratch / f'{ie[0]}.npy'), enumerate(self.entries)),
+                total=len(self.entries), desc='Decoding', unit=' files', leave=False,
             ))
         usable = []
         for i, (entry, (reason, notes)) in enumerate(zip(self.entries, decoded)):
@@ -307,7 +324,7 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
                 self.skipped.append((str(entry.path), reason))
         if not usable:
             raise common.NoUsableAudio(
-                f'no usable audio in {self.source}: all {len(self.skipped)} files skipped',
+                f'no usable {self.MEDIA} in {self.source}: all {len(self.skipped)} files skipped',
                 self.skipped,
             )
 
@@ -321,10 +338,8 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
         return {s: self._generate_examples(items) for s, items in by_split.items() if items}
 
     def _generate_examples(self, items):
-        for npy, entry in items:
-            yield entry.id, common.example(
-                entry.id, np.load(npy), entry.label, entry.speaker, entry.captions
-            )
+        for stored, entry in items:
+            yield entry.id, self.load_example(stored, entry)
 
 
 def build(

@@ -28,3 +28,13 @@ def data_dir(tmp_path_factory):
     from helpers import tiny_dataset
 
     return tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
+def av_data_dir(tmp_path_factory):
+    """The procedural audiovisual demo corpus (48 clips, 10 speakers, 6 emotions), built once per test process."""
+    from data_pipelines import demo_av
+
+    out = tmp_path_factory.mktemp("demo_av")
+    demo_av.build(str(out), num_clips=48, seed=0)
+    return out
