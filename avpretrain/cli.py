@@ -150,7 +150,7 @@ def cmd_data_show(args, overrides):
 
     _output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     path = show.contact_sheet(args.data, args.out, split=args.split, n=args.n, seed=args.seed)
-    print(f"contact sheet of {args.n} examples written to {path}")
+    print(f"contact sheet written to {path}")
 
 
 def cmd_data_stats(args, overrides):
