@@ -88,7 +88,8 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 # Built-in methods, imported on first use: name -> module that registers it.
 BUILTIN = {"m2d": "avpretrain.models.m2d", "m2d_clap": "avpretrain.models.m2d_clap",
-           "m2d2": "avpretrain.models.m2d_clap"}
+           "m2d2": "avpretrain.models.m2d_clap", "vqvae_audio": "avpretrain.models.vqvae",
+           "vqvae_video": "avpretrain.models.vqvae"}
 
 
 def register(method: Method) -> Method:
