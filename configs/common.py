@@ -41,3 +41,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = 3.0
     c.optim.lr_mult = ml_collections.ConfigDict({"encoder": 1.0, "head": 1.0})  # per param group; 0 freezes
     return c
+
+
+def vqvae_config(method: str, runlocal: bool, *, frames: int, num_codes: int, code_dim: int, hidden: int,
+                 residual_hidden: int, local_frames: int) -> ml_collections.ConfigDict:
+    """What the two VQ-VAE tokenizer configs share (configs/vqvae_audio.py, configs/vqvae_video.py)."""
+    c = base_config()
+    c.method = method
+    c.total_steps = 100_000
+    c.batch_size = 32              # crops of model.frames frames each
+
+    c.model = ml_collections.ConfigDict()
+    c.model.frames = frames        # frames per crop (audio: 20 ms power-spectrum frames; video: 25 fps faces)
+    c.model.num_codes = num_codes
+    c.model.code_dim = code_dim
+    c.model.decay = 0.99           # EMA codebook
+    c.model.commitment = 0.25
+    c.model.dead_after = 100       # restart a code unused for this many steps (0: never)
+    c.model.hidden = hidden        # encoder/decoder channels (the reference's)
+    c.model.residual_blocks = 2
+    c.model.residual_hidden = residual_hidden
+
+    c.optim.weight_decay = 0.0
+    c.optim.b1, c.optim.b2 = 0.9, 0.999
+    c.optim.warmup_fraction = 0.01
+    c.optim.grad_clip = 10.0
+
+    if runlocal:
+        c.total_steps = 20
+        c.batch_size = 8
+        c.model.frames = local_frames
+        c.model.dead_after = 2
+        c.log_every = 5
+        c.checkpoint_every = 10
+    c.optim.base_lr = 1e-3 * 256 / c.batch_size   # peak lr = base_lr · batch / 256 = 1e-3 (Adam 1e-3)
+    return c

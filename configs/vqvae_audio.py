@@ -14,42 +14,12 @@ Export and use (``Tokenizer``: waveforms [B, S] at 16 kHz → codes [B, S // 320
   avpretrain export --workdir=$WORKDIR --out=$EXPORT
   tok = avpretrain.load_pretrained("$EXPORT"); codes = tok.encode(waves); power = tok.decode(codes)
 """
-import ml_collections
-
-import avpretrain.models.vqvae  # noqa: F401  registers the method (until method.BUILTIN names it)
 from avpretrain.config import parse_arg
-from configs.common import base_config
+from configs.common import vqvae_config
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, runlocal=False)
-    c = base_config()
-    c.method = "vqvae_audio"
-    c.total_steps = 100_000
-    c.batch_size = 32              # crops; × model.frames = 1024 spectrum frames per step
-
-    c.model = ml_collections.ConfigDict()
-    c.model.frames = 32            # power-spectrum frames (320 samples each) per crop
-    c.model.num_codes = 256
-    c.model.code_dim = 8
-    c.model.decay = 0.99           # EMA codebook
-    c.model.commitment = 0.25
-    c.model.dead_after = 100       # restart a code unused for this many steps (0: never)
-    c.model.hidden = 32            # encoder/decoder channels (the reference's)
-    c.model.residual_blocks = 2
-    c.model.residual_hidden = 32
-
-    c.optim.weight_decay = 0.0
-    c.optim.b1, c.optim.b2 = 0.9, 0.999
-    c.optim.warmup_fraction = 0.01
-    c.optim.grad_clip = 10.0
-
-    if arg.runlocal:
-        c.total_steps = 20
-        c.batch_size = 8
-        c.model.frames = 25
-        c.model.dead_after = 2
-        c.log_every = 5
-        c.checkpoint_every = 10
-    c.optim.base_lr = 1e-3 * 256 / c.batch_size   # peak lr = base_lr · batch / 256 = 1e-3 (Adam 1e-3)
+    c = vqvae_config("vqvae_audio", arg.runlocal,
+                     frames=32, num_codes=256, code_dim=8, hidden=32, residual_hidden=32, local_frames=25)
     return c
