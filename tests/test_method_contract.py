@@ -185,3 +185,12 @@ def _copy(config, **changes):
     c = ml_collections.ConfigDict(config.to_dict())
     c.update(changes)
     return c
+
+
+def test_a_method_reading_video_from_an_audio_dataset_is_refused_before_work(data_dir, tmp_path):
+    method.register(method.Method(
+        name="toy_video_only", create=lambda config, rngs, encoder_only: ToyAV(6, rngs),
+        inputs=lambda config: {"video": method.Field((10, 96, 96, 3), "uint8")}, frontend=(frontend.VideoFrames(),)))
+    with pytest.raises(ValueError, match=r"reads \['video'\], which this dataset does not store"):
+        train.train(_config("toy_video_only", data_dir), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

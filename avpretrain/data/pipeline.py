@@ -122,6 +122,12 @@ def training_source(config, inputs: dict):
     from avpretrain.data import source as source_lib
 
     src = source_lib.data_source(config.data.dir, config.data.split)
+    stored = source_lib.open_builder(config.data.dir).info.features
+    missing = [name for name in inputs if name != "text_emb" and name not in stored]
+    if missing:
+        raise ValueError(f"{config.data.dir}: method {config.method!r} reads {missing}, which this dataset does not "
+                         f"store (it has {sorted(stored.keys())}); video needs an audiovisual dataset "
+                         "(data build av_folder|ravdess|crema_d|demo_av)")
     if "text_emb" not in inputs:
         return src
     from avpretrain.data import captions
