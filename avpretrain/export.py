@@ -304,24 +304,37 @@ def load_pretrained(path: str, *, random_init: bool = False, seed: int = 0):
     method = method_lib.of(config)
     if method.pretrained is None:
         raise ValueError(f"{path}: method {config.method!r} has no export adapter (Method.pretrained)")
-    model = _encoder_model(config, sharding.single_device_mesh(), seed=seed if random_init else None)
-    if not random_init:
-        _restore_params(path / "params", model)
+    mesh = sharding.single_device_mesh()
+    if random_init:
+        model = _encoder_model(config, mesh, seed=seed)
+    else:  # the stored state replaces every variable: no random init to compile and run
+        model = _abstract_model(config, mesh)
+        _restore_params(path / "params", model, mesh)
     return method.pretrained(model, config, meta)
 
 
-def _restore_params(params_dir: pathlib.Path, model) -> None:
-    """Fills ``model`` with the parameters stored in ``params_dir``; a store that cannot be read is a
-    ValueError naming it with the first line of the underlying error."""
+def _abstract_model(config, mesh):
+    """The export's model with shapes only (``nnx.eval_shape``), for ``_restore_params`` to fill."""
+    with sharding.mesh_rules(mesh, config.sharding_rules):
+        return nnx.eval_shape(lambda: method_lib.of(config).create(config, nnx.Rngs(config.seed), True))
+
+
+def _restore_params(params_dir: pathlib.Path, model, mesh) -> None:
+    """Fills ``model`` (concrete or ``_abstract_model``) with the variables stored in ``params_dir``,
+    replicated on ``mesh``; a store that cannot be read is a ValueError naming it with the first line
+    of the underlying error."""
     if not params_dir.is_dir():
         raise FileNotFoundError(f"{params_dir} not found: an export holds config.json and params/")
     state = nnx.state(model)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    replicated = sharding.replicated(mesh)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                            nnx.to_pure_dict(state))
     try:
-        # Orbax reads all arrays concurrently and closes its event loop at the first failure; with an
-        # unreadable OCDBT index every read still pending then prints "Event loop is closed". Listing
-        # the index first turns that case into one error before any concurrent read starts.
-        ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir.absolute()}/"}).result().list().result()
+        # Orbax reads all arrays concurrently and closes its event loop at the first failure; every
+        # read still pending then prints "Event loop is closed" from TensorStore's threads, late. So
+        # the store is checked first with plain TensorStore reads, a window at a time, each awaited:
+        # an unreadable index or a truncated data file is one error before Orbax starts.
+        _check_store(params_dir)
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir.absolute(), abstract)
     except Exception as e:  # Orbax and TensorStore raise assorted types
@@ -329,6 +342,16 @@ def _restore_params(params_dir: pathlib.Path, model) -> None:
                          f"{_first_line(_root_cause(e))}") from e
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
+
+
+def _check_store(params_dir: pathlib.Path, window: int = 16) -> None:
+    """Reads every value of the OCDBT store at ``params_dir`` (``window`` reads in flight, each awaited;
+    what is read is dropped): raises at the first unreadable one."""
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir.absolute()}/"}).result()
+    keys = kv.list().result()
+    for i in range(0, len(keys), window):
+        for read in [kv.read(k) for k in keys[i:i + window]]:
+            read.result()
 
 
 def _root_cause(e: BaseException) -> BaseException:
