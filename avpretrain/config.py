@@ -93,6 +93,7 @@ _CHECKS = {
     "log_every": (lambda v: v >= 1, "a positive integer"),
     "checkpoint_every": (lambda v: v >= 1, "a positive integer"),
     "keep_checkpoints": (lambda v: v >= 1, "a positive integer"),
+    "image_every": (lambda v: v >= 0, ">= 0 (0: at each checkpoint)"),
     "optim.base_lr": (lambda v: v >= 0, ">= 0"),
     "optim.warmup_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.grad_clip": (lambda v: v > 0, "> 0"),

@@ -20,6 +20,10 @@ data iterator, jitted step, checkpoint/resume, signals, non-finite stop, logging
   caption-embedding width).
 - ``pretrained(model, config, meta)``: the export adapter, what ``avpretrain.load_pretrained``
   returns for this method.
+- ``images(model, batch)``: optional pictures of what the model does (e.g. a few inputs and their
+  reconstructions), name → uint8 RGB [H, W, 3]; a pure, jittable function of the model in eval mode
+  (nothing updated) and the front-end-processed batch (what ``loss`` gets), rendered in jnp. The
+  trainer writes them every ``image_every`` steps (TensorBoard + ``<workdir>/images/<name>-<step>.png``).
 """
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ class Method:
     init_sources: Callable = default_init_sources  # (config) -> list[InitSource]
     prepare: Callable | None = None  # (config) -> None, may fill config values
     pretrained: Callable | None = None  # (model, config, export_meta) -> downstream object
+    images: Callable | None = None  # (model, batch) -> dict[str, uint8 [H, W, 3]], jittable
 
     @property
     def needs_stats(self) -> bool:

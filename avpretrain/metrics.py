@@ -1,12 +1,15 @@
-"""Training metrics to the console (progress line + ETA), TensorBoard event files and metrics.jsonl."""
+"""Training metrics to the console (progress line + ETA), TensorBoard event files and metrics.jsonl;
+images (``Method.images``) to TensorBoard and PNG files."""
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 
 import jax
+import numpy as np
 
 
 class MetricWriter:
@@ -27,6 +30,7 @@ class MetricWriter:
             path.mkdir(parents=True, exist_ok=True)
             truncate_jsonl(path / "metrics.jsonl", resumed_step)
             self.jsonl = open(path / "metrics.jsonl", "a")
+            self.images_dir = path / "images"
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(str(path / "tensorboard"))
 
@@ -49,6 +53,24 @@ class MetricWriter:
                           "examples_per_s", "audio_hours_per_s"))
         print(f"[{step}/{self.total_steps}] {100 * step / self.total_steps:5.1f}% {shown} "
               f"eta={_fmt(eta)}", flush=True)
+
+    def write_images(self, step: int, images: dict) -> None:
+        """``name -> uint8 [H, W, 3]`` (host arrays): TensorBoard images (tag ``name``) and
+        ``images/<name>-<step:07d>.png``, copied atomically to ``images/<name>-latest.png``."""
+        if not self.active:
+            return
+        from PIL import Image
+
+        self.images_dir.mkdir(exist_ok=True)
+        for name, image in images.items():
+            image = np.asarray(image, np.uint8)
+            self.tb.add_image(name, image, step, dataformats="HWC")
+            stem = name.replace("/", "_")
+            Image.fromarray(image).save(self.images_dir / f"{stem}-{int(step):07d}.png")
+            tmp = self.images_dir / f"{stem}-latest.png.tmp"
+            shutil.copyfile(self.images_dir / f"{stem}-{int(step):07d}.png", tmp)
+            tmp.replace(self.images_dir / f"{stem}-latest.png")
+        self.tb.flush()
 
     def close(self) -> None:
         if self.active:

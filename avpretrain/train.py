@@ -5,7 +5,7 @@ owns the path from batch to loss; this loop owns what every method shares: the m
 the data iterator, the jitted step (``step.make_train_step``), checkpoints with the grain iterator,
 automatic resume (refusing a config that its checkpoints do not fit), SIGTERM / Ctrl-C handling,
 stops on a non-finite loss (never checkpointing the bad state) and at the first failed checkpoint
-save, and logging.
+save, and logging (metrics; the method's images, ``Method.images``, every ``image_every`` steps).
 """
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
 
     train_state = step_lib.create_train_state(config, mesh)
     graphdef, state = nnx.split(train_state)
-    train_step, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
+    train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
+    images_fn = (make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
+                 if method.images else None)
     clip_seconds = method_lib.clip_seconds(config)
 
     data = pipeline.train_dataset(config)
@@ -135,6 +137,9 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                 writer.write(step, record)
                 pending.clear()
                 t_last, steps_timed = now, 0
+            if images_fn is not None and _images_due(config, step, stop):  # this step's batch, the state after it
+                with sharding.mesh_rules(mesh, rules):
+                    writer.write_images(step, jax.device_get(images_fn(state, batch)))
             steps_timed += 1
             saver.check()
             if signals.synced(step):
@@ -149,6 +154,28 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
         writer.close()
         saver.close()
     return TrainResult(step, losses)
+
+
+def make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats):
+    """The jitted ``(state, batch) -> Method.images(model, front end(batch))``, its outputs replicated
+    so that every process can fetch them; compiled at its first call."""
+    method = method_lib.of(config)
+
+    def images(state, batch):
+        model = nnx.merge(graphdef, state).model
+        return method.images(model, frontend.apply(method.frontend, batch, norm_stats))
+
+    with sharding.mesh_rules(mesh, config.sharding_rules):
+        return jax.jit(images, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _images_due(config, step, stop) -> bool:
+    """``image_every`` N > 0: every N steps; 0: at each checkpoint save (every ``checkpoint_every`` steps and the last)."""
+    every = config.get("image_every", 0)
+    if every:
+        return step % every == 0
+    return step % config.checkpoint_every == 0 or step == stop
 
 
 def _check_finite(flags, step):

@@ -92,7 +92,7 @@ ABSENT = "<absent>"
 # what an export builds), the input (data.sample_rate, model.input_frames, data.norm_stats,
 # captions), optim.lr_mult (frozen groups have no optimizer state), data.num_workers (grain's
 # multiprocess iterator checkpoints a different structure) and any key not listed here.
-RESUMABLE_KEYS = ("config_spec", "seed", "total_steps", "batch_size", "log_every", "checkpoint_every",
+RESUMABLE_KEYS = ("config_spec", "seed", "total_steps", "batch_size", "log_every", "checkpoint_every", "image_every",
                   "keep_checkpoints", "mesh", "sharding_rules", "init.*", "ema.*", "optim.base_lr", "optim.b1",
                   "optim.b2", "optim.weight_decay", "optim.warmup_fraction", "optim.grad_clip", "data.dir",
                   "data.split", "data.read_threads", "data.prefetch_batches", "data.stats_batches",

@@ -1,4 +1,4 @@
-"""Defaults shared by every config: mesh, sharding rules, logging and checkpoint cadence."""
+"""Defaults shared by every config: mesh, sharding rules, logging, image and checkpoint cadence."""
 import ml_collections
 
 from avpretrain import sharding
@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    c.image_every = 0             # the method's images (Method.images), N > 0: every N steps; 0: at each checkpoint
     c.mesh = sharding.DEFAULT_MESH
     c.sharding_rules = sharding.DEFAULT_RULES
 
