@@ -80,22 +80,27 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
     return np.ascontiguousarray(mel_NF.T, dtype=np.float32)
 
 
-def _stft_power(wave_BS, n_fft: int, win_length: int, hop_length: int):
-    """Centred (reflect-padded) Hann STFT power of [B, samples]: [B, 1 + samples // hop, n_fft // 2 + 1]."""
+def _stft_power(wave_BS, n_fft: int, win_length: int, hop_length: int, center: bool = True):
+    """Centred (reflect-padded) Hann STFT power of [B, samples]: [B, 1 + samples // hop, n_fft // 2 + 1];
+    ``center=False``: frame t is samples [t·hop, t·hop + n_fft) of the input as given (the caller
+    padded it), [B, 1 + (samples - n_fft) // hop, n_fft // 2 + 1]."""
     if wave_BS.ndim != 2:
         raise ValueError(f"waveform must be [samples] or [B, samples], got {wave_BS.shape}")
-    padded_BS = jnp.pad(wave_BS, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
+    padded_BS = jnp.pad(wave_BS, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect") if center else wave_BS
     frames = 1 + (padded_BS.shape[1] - n_fft) // hop_length  # num_frames() for even n_fft
     index_TW = hop_length * np.arange(frames)[:, None] + np.arange(n_fft)[None, :]
     return _power_spectrum(padded_BS[:, index_TW] * _hann_window(n_fft, win_length))
 
 
-@functools.partial(jax.jit, static_argnames=("n_fft", "win_length", "hop_length"))
-def power_spectrogram(waveform, *, n_fft: int = 1024, win_length: int | None = None, hop_length: int = 320):
+@functools.partial(jax.jit, static_argnames=("n_fft", "win_length", "hop_length", "center"))
+def power_spectrogram(waveform, *, n_fft: int = 1024, win_length: int | None = None, hop_length: int = 320,
+                      center: bool = True):
     """|STFT|² of a float waveform: [B, samples] -> [B, 1 + samples // hop, n_fft // 2 + 1] (centred
-    frames, periodic Hann of ``win_length`` = n_fft by default; VQ-MAE-AV's audio: 1024 / 320 at 16 kHz)."""
+    frames, periodic Hann of ``win_length`` = n_fft by default; VQ-MAE-AV's audio: 1024 / 320 at 16 kHz).
+    ``center=False``: no padding here, frame t = samples [t·hop, t·hop + n_fft) (offline tokenization
+    pads each clip itself and packs several clips into one row)."""
     waveform = jnp.asarray(waveform, jnp.float32)
-    power = _stft_power(jnp.atleast_2d(waveform), n_fft, win_length or n_fft, hop_length)
+    power = _stft_power(jnp.atleast_2d(waveform), n_fft, win_length or n_fft, hop_length, center)
     return power[0] if waveform.ndim == 1 else power
 
 

@@ -256,3 +256,33 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     if not quiet:
         metrics_lib.log("\n".join(lines))
     return r
+
+
+def run_tokenize(data_dir, *, audio_vq=None, video_vq=None, examples: int = 128, read_threads: int = 8) -> dict:
+    """``avpretrain bench --tokenize``: the offline tokenization job's clips/s and signal-seconds/s
+    (host alone, device alone, end to end; ``data.tokenize.benchmark``); prints a block ending in a
+    ``bench-tokenize:`` line."""
+    from avpretrain.data import tokenize
+
+    r = tokenize.benchmark(data_dir, audio_vq=audio_vq, video_vq=video_vq, examples=examples,
+                           read_threads=read_threads)
+    what = r["signal"]
+    frames = ", ".join(f"{m} {n} frames" for m, n in r["frames"].items() if n)
+    lines = [
+        f"tokenize           {r['examples']} training clips of {data_dir} ({r['signal_seconds']:.1f} {what}-seconds; "
+        f"{frames})",
+        f"devices            {jax.local_device_count()} x {jax.devices()[0].device_kind}; rows per call "
+        f"{r['rows_per_call']}",
+        f"compile            {r['compile_s']:.1f} s",
+        f"host alone         {r['host_clips_per_s']:.1f} clips/s, {r['host_signal_per_s']:.1f} {what}-s/s "
+        f"(read + JPEG decode, {r['read_threads']} threads)",
+        f"device alone       {r['device_clips_per_s']:.1f} clips/s, {r['device_signal_per_s']:.1f} {what}-s/s "
+        f"(median of {len(r['device_times_s'])})",
+        f"end to end         {r['clips_per_s']:.1f} clips/s, {r['signal_per_s']:.1f} {what}-s/s (waiting for the host "
+        f"{r['timings']['host_wait']:.1f} s, device {r['timings']['device']:.1f} s, writing "
+        f"{r['timings']['write']:.1f} s)",
+        f"bench-tokenize: clips_per_s={r['clips_per_s']:.2f} {what}_seconds_per_s={r['signal_per_s']:.2f} "
+        f"host_clips_per_s={r['host_clips_per_s']:.2f} device_clips_per_s={r['device_clips_per_s']:.2f}",
+    ]
+    metrics_lib.log("\n".join(lines))
+    return r

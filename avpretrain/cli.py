@@ -4,6 +4,7 @@
   avpretrain data build audio_folder --source DIR --out DATA   (also: audiocaps, clotho)
   avpretrain data stats --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain data embed-captions --data DATA [--model NAME_OR_PATH] [--batch-size 256] [--shard i/n]
+  avpretrain data tokenize --audio-vq=E1 --video-vq=E2 --data=DATA --out=TOKENS [--shard i/n]
   avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain export --workdir=W --out=E
   avpretrain eval linear-probe --model=E --data=DATA [--random-init]
@@ -11,6 +12,7 @@
   avpretrain eval retrieval --model=E --data=DATA
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
   avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8 [--peak-tflops=989]
+  avpretrain bench --tokenize --audio-vq=E1 --video-vq=E2 --data=DATA [--examples 128]
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ CONFIG_EPILOG = ("Any config value can be overridden with --config.KEY=VALUE (e.
                  "are refused before anything runs.")
 
 
-def _config_args(parser):
-    parser.add_argument("--config", required=True,
+def _config_args(parser, required: bool = True):
+    parser.add_argument("--config", required=required,
                         help="config file and argument, e.g. configs/m2d.py:size=tiny,runlocal (configs/... is "
                         "also found in the installed project)")
     parser.epilog = CONFIG_EPILOG
@@ -190,6 +192,29 @@ def cmd_data_embed_captions(args, overrides):
     print(f"embedded {r.total_captions if r.complete else r.num_captions} captions dim={r.dim} model={r.model}")
 
 
+def cmd_data_tokenize(args, overrides):
+    from avpretrain.data import tokenize
+
+    _output_dir(args.out, "--out")
+    r = tokenize.tokenize(args.data, args.out, audio_vq=args.audio_vq, video_vq=args.video_vq, shard=args.shard,
+                          chunk_records=args.chunk, read_threads=args.read_threads,
+                          audio_frames_per_call=args.audio_frames_per_call,
+                          video_frames_per_call=args.video_frames_per_call)
+    i, n = args.shard
+    if r.tokenized:
+        what = "video" if args.video_vq else "audio"
+        print(f"this call: {r.tokenized} clips in {r.seconds:.1f} s: {r.tokenized / r.seconds:.1f} clips/s, "
+              f"{r.signal_seconds / r.seconds:.1f} {what}-seconds/s (waiting for the host "
+              f"{r.timings['host_wait']:.1f} s, device {r.timings['device']:.1f} s, writing {r.timings['write']:.1f} s)")
+    if r.skipped:
+        print(f"skipped {len(r.skipped)} examples (listed in {tokenize.REPORT_NAME} when complete)")
+    if r.complete:
+        print(f"token dataset in {r.directory}")
+    else:
+        print(f"shard {i}/{n} done: waiting for the other shards ({r.chunks_done} of {r.chunks_total} chunks present)")
+    print(r.summary())
+
+
 def _write_json(path, result):
     if path:
         with open(path, "w") as f:
@@ -248,6 +273,18 @@ def cmd_sweep(args, overrides):
 
 
 def cmd_bench(args, overrides):
+    if args.tokenize:
+        if args.config or overrides:
+            raise ValueError("bench --tokenize takes --data/--audio-vq/--video-vq, not --config")
+        if not args.data:
+            raise ValueError("bench --tokenize needs --data (an audiovisual dataset directory)")
+        from avpretrain import bench
+
+        bench.run_tokenize(args.data, audio_vq=args.audio_vq, video_vq=args.video_vq, examples=args.examples,
+                           read_threads=args.read_threads)
+        return
+    if not args.config:
+        raise ValueError("bench needs --config (or --tokenize with --data and the tokenizer exports)")
     config = _load_config(args, overrides)
     _init_distributed(args)
     from avpretrain import bench
@@ -324,6 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="torch device of the text model, e.g. cuda")
     c.set_defaults(func=cmd_data_embed_captions)
 
+    tk = d.add_parser("tokenize", help="VQ-VAE codes of every example (a token dataset, TFDS ArrayRecord)")
+    tk.add_argument("--data", required=True, help="dataset directory (as for data build --out)")
+    tk.add_argument("--out", required=True, help="directory for the token dataset (empty, or this job's)")
+    tk.add_argument("--audio-vq", help="an export of configs/vqvae_audio.py")
+    tk.add_argument("--video-vq", help="an export of configs/vqvae_video.py (needs an audiovisual dataset)")
+    tk.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="i/n",
+                    help="tokenize chunks k with k %% n == i (one per host); the shard that completes the set "
+                    "writes the metadata")
+    tk.add_argument("--chunk", type=positive_int, default=128,
+                    help="examples per chunk: the unit of resuming and of the output shard files")
+    tk.add_argument("--read-threads", type=positive_int, default=8, help="threads reading and decoding examples")
+    tk.add_argument("--audio-frames-per-call", type=positive_int, default=2048,
+                    help="audio frames (20 ms) per device call")
+    tk.add_argument("--video-frames-per-call", type=positive_int, default=256, help="face frames per device call")
+    tk.set_defaults(func=cmd_data_tokenize)
+
     v = sub.add_parser("eval", help="downstream evaluation").add_subparsers(dest="eval_command", required=True)
     lp = v.add_parser("linear-probe", help="linear evaluation of frozen scene embeddings")
     lp.add_argument("--model", required=True, help="an exported encoder directory")
@@ -350,12 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--run", action="store_true", help="run them one after another here")
     w.set_defaults(func=cmd_sweep)
 
-    n = sub.add_parser("bench", help="step time, examples/s, TFLOP/s, MFU and input-pipeline throughput")
-    _config_args(n)
+    n = sub.add_parser("bench", help="step time, examples/s, TFLOP/s, MFU and input-pipeline throughput; "
+                       "--tokenize: the offline tokenization job")
+    _config_args(n, required=False)  # not with --tokenize
     n.add_argument("--steps", type=positive_int, default=10, help="timed steps (after warm-up)")
     n.add_argument("--warmup", type=positive_int, default=2, help="untimed steps first (compilation included)")
     n.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak TFLOP/s for MFU (default: the datasheet figure, or cores x clock x FMA width on CPUs)")
     n.add_argument("--data-batches", type=non_negative_int, default=20, help="batches for the input-pipeline figure (0: skip)")
+    g = n.add_argument_group("the tokenization job (avpretrain data tokenize) instead of a training step")
+    g.add_argument("--tokenize", action="store_true", help="clips/s and video-seconds/s: host alone, device alone, "
+                   "end to end")
+    g.add_argument("--data", help="dataset directory")
+    g.add_argument("--audio-vq", help="an export of configs/vqvae_audio.py")
+    g.add_argument("--video-vq", help="an export of configs/vqvae_video.py")
+    g.add_argument("--examples", type=positive_int, default=128, help="training clips to tokenize")
+    g.add_argument("--read-threads", type=positive_int, default=8, help="threads reading and decoding examples")
     _distributed_args(n)
     n.set_defaults(func=cmd_bench)
 
