@@ -184,3 +184,47 @@ def test_bench_tokenize_reports_host_device_and_end_to_end_rates(exports, av_dat
     values = dict(kv.split("=") for kv in last.split()[1:])
     assert all(float(v) > 0 for v in values.values())
     assert "host alone" in out and "device alone" in out and "end to end" in out
+
+
+def test_crop_takes_aligned_code_windows_and_repeats_short_clips():
+    from avpretrain.data import pipeline
+    from avpretrain.method import Field
+
+    crop = pipeline.Crop({"audio_codes": Field((8, 64), "int32"), "video_codes": Field((4, 24, 24), "int32"),
+                          "label": Field((), "int32")})
+    audio = np.arange(20 * 64).reshape(20, 64).astype(np.int16)          # 10 video frames' worth
+    video = np.arange(10 * 576).reshape(10, 24, 24).astype(np.int16)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(20):
+        out = crop({"audio_codes": audio, "video_codes": video, "label": 3}, rng)
+        f = int(out["video_codes"][0, 0, 0]) // 576
+        starts.add(f)
+        np.testing.assert_array_equal(out["video_codes"], video[f:f + 4])
+        np.testing.assert_array_equal(out["audio_codes"], audio[2 * f:2 * f + 8])
+        assert out["audio_codes"].dtype == np.int32 and out["label"] == 3
+    assert len(starts) > 1
+    short = crop({"audio_codes": audio[:6], "video_codes": video[:3], "label": 0}, rng)
+    np.testing.assert_array_equal(short["video_codes"], video[[0, 1, 2, 0]])
+    np.testing.assert_array_equal(short["audio_codes"], audio[[0, 1, 2, 3, 4, 5, 0, 1]])
+    no_video = crop({"audio_codes": audio, "video_codes": video[:0], "label": 0}, rng)
+    assert not no_video["video_codes"].any()
+    with pytest.raises(ValueError, match="must be 2 x"):
+        pipeline.Crop({"audio_codes": Field((6, 64), "int32"), "video_codes": Field((4, 24, 24), "int32")})
+    with pytest.raises(ValueError, match="both raw signals and codes"):
+        pipeline.Crop({"audio": Field((640,)), "video_codes": Field((1, 24, 24), "int32")})
+
+
+def test_training_batches_from_a_token_dataset(whole, av_data_dir):
+    from avpretrain.data import pipeline
+    from avpretrain.method import Field
+
+    out, _ = whole
+    config = config_lib.load_config(str(REPO / "configs/vqvae_audio.py") + ":runlocal",
+                                    {"data.dir": str(out), "batch_size": 8})
+    inputs = {"audio_codes": Field((20, 64), "int32"), "video_codes": Field((10, 24, 24), "int32")}
+    batch = next(iter(pipeline.train_dataset(config, inputs=inputs)))
+    assert batch["audio_codes"].shape == (8, 20, 64) and batch["video_codes"].shape == (8, 10, 24, 24)
+    config.data.dir = str(av_data_dir)
+    with pytest.raises(ValueError, match="codes need a token dataset"):
+        pipeline.train_dataset(config, inputs=inputs)

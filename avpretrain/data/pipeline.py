@@ -24,7 +24,12 @@ FIELDS = {
     "video": "uint8 [T, H, W, 3]: the face frames of the same window (T·640 = S when both are read)",
     "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random",
     "label": "int32 []: the class index",
+    # from a token dataset (`avpretrain data tokenize`): the code grids of one window of T video frames
+    "audio_codes": "int32 [2T, 64]: audio code frames (50/s) of the window, frames [2f, 2f + 2T)",
+    "video_codes": "int32 [T, 24, 24]: video code frames (25/s) of the window, frames [f, f + T)",
 }
+CODE_FIELDS = ("audio_codes", "video_codes")
+AUDIO_CODE_FRAMES_PER_VIDEO_FRAME = 2  # 20 ms audio code frames, 40 ms video frames
 
 
 def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -62,10 +67,43 @@ class Crop:
                              f"{AV_SAMPLE_RATE} Hz)")
         self.frame_shape = inputs["video"].shape[1:] if "video" in inputs else None
         self.fields = tuple(inputs)
+        self.codes = {name: inputs[name] for name in CODE_FIELDS if name in inputs}
+        if self.codes and (self.samples is not None or self.frames is not None):
+            raise ValueError(f"the method asks for both raw signals and codes ({sorted(inputs)}): a token dataset "
+                             "stores codes only")
+        if self.codes:
+            windows = {name: f.shape[0] // (AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1)
+                       for name, f in self.codes.items()}
+            if len(set(windows.values())) > 1 or ("audio_codes" in self.codes and self.codes["audio_codes"].shape[0] % 2):
+                raise ValueError(f"audio_codes window of {self.codes['audio_codes'].shape[0]} frames must be 2 x the "
+                                 f"video_codes window of {self.codes['video_codes'].shape[0]} frames (50 and 25 per s)")
+            self.code_window = next(iter(windows.values()))
+
+    def _code_window(self, element, rng, out):
+        """One random window of T video frames (2T audio frames) of the code grids; a clip shorter than
+        the window is repeated from its start until the window is full (no padding code exists);
+        a modality the example lacks is code 0."""
+        T = self.code_window
+        lengths = {name: len(element[name]) // (AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1)
+                   for name in self.codes}
+        available = max(lengths.values())
+        start = int(rng.integers(0, available - T + 1)) if available > T else 0
+        for name, field in self.codes.items():
+            per = AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1
+            codes = np.asarray(element[name])
+            if not len(codes):
+                out[name] = np.zeros(field.shape, np.int32)
+                continue
+            window = codes[per * start:per * (start + T)]
+            if len(window) < per * T:
+                window = np.resize(window, (per * T, *codes.shape[1:]))  # repeats the rows cyclically
+            out[name] = window.astype(np.int32)
 
     def __call__(self, element, rng: np.random.Generator):
         out = {}
-        if self.frames is None:
+        if self.codes:
+            self._code_window(element, rng, out)
+        elif self.frames is None:
             if self.samples is not None:
                 out["audio"] = _crop_or_pad(element["audio"], self.samples, rng)
         else:
@@ -126,8 +164,9 @@ def training_source(config, inputs: dict):
     missing = [name for name in inputs if name != "text_emb" and name not in stored]
     if missing:
         raise ValueError(f"{config.data.dir}: method {config.method!r} reads {missing}, which this dataset does not "
-                         f"store (it has {sorted(stored.keys())}); video needs an audiovisual dataset "
-                         "(data build av_folder|ravdess|crema_d|demo_av)")
+                         f"store (it has {sorted(stored.keys())}); "
+                         + ("codes need a token dataset (avpretrain data tokenize)" if set(missing) & set(CODE_FIELDS)
+                            else "video needs an audiovisual dataset (data build av_folder|ravdess|crema_d|demo_av)"))
     if "text_emb" not in inputs:
         return src
     from avpretrain.data import captions
