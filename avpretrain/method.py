@@ -94,7 +94,7 @@ _REGISTRY: dict[str, Method] = {}
 # Built-in methods, imported on first use: name -> module that registers it.
 BUILTIN = {"m2d": "avpretrain.models.m2d", "m2d_clap": "avpretrain.models.m2d_clap",
            "m2d2": "avpretrain.models.m2d_clap", "vqvae_audio": "avpretrain.models.vqvae",
-           "vqvae_video": "avpretrain.models.vqvae"}
+           "vqvae_video": "avpretrain.models.vqvae", "vq_mae_av": "avpretrain.models.vq_mae_av"}
 
 
 def register(method: Method) -> Method:
