@@ -10,6 +10,9 @@
   avpretrain eval linear-probe --model=E --data=DATA [--random-init]
   avpretrain eval zero-shot --model=E --data=DATA [--template "{label} can be heard"]
   avpretrain eval retrieval --model=E --data=DATA
+  avpretrain eval classify --model=E --data=TOKENS [--split test] [--json-out F]
+  avpretrain kfold --config=configs/finetune.py --folds 5 --by speaker --workdir=W --config.init.path=E \
+      --config.data.dir=TOKENS [--loso]
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
   avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8 [--peak-tflops=989]
   avpretrain bench --tokenize --audio-vq=E1 --video-vq=E2 --data=DATA [--examples 128]
@@ -113,8 +116,12 @@ def cmd_export(args, overrides):
     from avpretrain import export
 
     _output_dir(args.out, "--out")
+    from avpretrain import validation
+
     out = export.export(args.workdir, args.out, step=args.step)
-    print(f"exported encoder to {out}")
+    sel = validation.selected(args.workdir) if args.step is None else None
+    what = f" ({validation.summary(args.workdir)})" if sel and sel.get("selected") else ""
+    print(f"exported encoder to {out}{what}")
 
 
 AV_BUILDERS = ("av_folder", "ravdess", "ravdess_audio", "crema_d")  # data_pipelines.<name>.build(source, out, ...)
@@ -234,6 +241,25 @@ def cmd_eval_linear_probe(args, overrides):
     print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
 
 
+def cmd_eval_classify(args, overrides):
+    from avpretrain.evaluate import classify, supervised
+
+    result = supervised.classify(args.model, args.data, split=args.split, batch_size=args.batch_size, png=args.png)
+    _write_json(args.json_out, result)
+    print(f"confusion matrix: {result['confusion_png']}")
+    for line in classify.format_report(result):
+        print(line)
+
+
+def cmd_kfold(args, overrides):
+    from avpretrain.evaluate import kfold
+
+    _output_dir(args.workdir, "--workdir")
+    kfold.run(args.config, overrides, args.workdir, num_folds=args.folds, by=args.by, loso=args.loso,
+              seed=args.seed, batch_size=args.batch_size)
+    return 0  # a fold stopped by a signal is checkpointed: the same command resumes it
+
+
 def cmd_eval_zero_shot(args, overrides):
     from avpretrain.evaluate import audio_text
 
@@ -296,7 +322,7 @@ def cmd_bench(args, overrides):
 def cmd_report(args, overrides):
     from avpretrain import report
 
-    (report.clap_report if args.kind == "clap" else report.demo_report)(args.run_dir)
+    {"clap": report.clap_report, "av": report.av_report, "m2d": report.demo_report}[args.kind](args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a params-only encoder from a training workdir")
     e.add_argument("--workdir", required=True, help="a training workdir (avpretrain train --workdir)")
     e.add_argument("--out", required=True, help="directory to write the export into (config.json, params/)")
-    e.add_argument("--step", type=positive_int, help="export this checkpointed step (default: the latest)")
+    e.add_argument("--step", type=positive_int, help="export this checkpointed step (default: the step selected by validation, "
+                   "else the latest)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -386,6 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--batch-size", type=positive_int, default=32, help="clips read at a time; chunks per encoder call")
     lp.add_argument("--json-out", help="also write the result as JSON")
     lp.set_defaults(func=cmd_eval_linear_probe)
+    cl = v.add_parser("classify", help="a fine-tuned classifier on a split: per-class figures, confusion matrix, "
+                      "accuracy / UAR / WAR / macro-F1 / weighted-F1")
+    cl.add_argument("--model", required=True, help="an export of a classifier (avpretrain export of a fine-tuning run)")
+    cl.add_argument("--data", required=True, help="a dataset with the model's inputs (e.g. a token dataset)")
+    cl.add_argument("--split", default="test")
+    cl.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call")
+    cl.add_argument("--png", help="confusion-matrix PNG (default: <model>/eval/confusion-<split>.png)")
+    cl.add_argument("--json-out", help="write the figures (per class, confusion matrix) as JSON")
+    cl.set_defaults(func=cmd_eval_classify)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
     zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
     rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")
@@ -397,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json-out", help="also write the result as JSON")
         cmd.set_defaults(func=func)
 
+    k = sub.add_parser("kfold", help="speaker-independent k-fold fine-tuning (resumable): one run per fold, "
+                       "test figures per fold and their mean ± std")
+    _config_args(k)
+    k.add_argument("--workdir", required=True, help="folds.json, fold-<i>/ runs, kfold.json")
+    k.add_argument("--folds", type=positive_int, default=5, help="number of folds (>= 3)")
+    k.add_argument("--by", default="speaker", choices=["speaker"], help="what no two folds share")
+    k.add_argument("--loso", action="store_true", help="leave one speaker out: one fold per speaker")
+    k.add_argument("--seed", type=int, default=0, help="how speakers are shuffled into folds")
+    k.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call in the test")
+    k.set_defaults(func=cmd_kfold)
     w = sub.add_parser("sweep", help="print (or --run) the runs of the config's get_sweep")
     _config_args(w)
     w.add_argument("--workdir", required=True, help="each run gets a sub-directory")
@@ -423,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
     r.add_argument("--run-dir", required=True)
-    r.add_argument("--kind", choices=["m2d", "clap"], default="m2d", help="m2d: `make demo`; clap: `make demo-clap`")
+    r.add_argument("--kind", choices=["m2d", "clap", "av"], default="m2d",
+                   help="m2d: `make demo`; clap: `make demo-clap`; av: `make demo-av`")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -44,11 +44,18 @@ def _encoder_model(config, mesh, seed: int | None = None):
 
 
 def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
-    """Writes the online encoder of the latest (or given) checkpoint of ``workdir`` to ``out``."""
+    """Writes the online encoder of ``workdir`` to ``out``: the given checkpointed ``step``, else the
+    step selected by validation (``selected.json``, runs with ``eval_every``), else the latest."""
     workdir, out = pathlib.Path(workdir), pathlib.Path(out)
     config_file = workdir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
+    if step is None:
+        from avpretrain import validation
+
+        best = validation.selected_export(workdir)
+        if best is not None:
+            return _copy_export(best, out, {"selected": validation.selected(workdir)["selected"]})
     config = config_lib.from_json(config_file.read_text())
     stats = workdir_lib.stored_norm_stats(config, workdir)
     if stats is None and method_lib.of(config).needs_stats:
@@ -58,7 +65,20 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     return write_export(out, config, params, stats)
 
 
-def write_export(out, config, params, norm_stats) -> pathlib.Path:
+def _copy_export(src: pathlib.Path, out: pathlib.Path, extra: dict) -> pathlib.Path:
+    """A copy of the export ``src`` at ``out`` (replacing one there), ``extra`` added to its config.json."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "params").exists():
+        shutil.rmtree(out / "params")
+    shutil.copytree(src / "params", out / "params")
+    meta = workdir_lib.read_json(src / workdir_lib.CONFIG_NAME) | extra
+    (out / workdir_lib.CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def write_export(out, config, params, norm_stats, extra: dict | None = None) -> pathlib.Path:
     """Writes an export: ``out/params`` (Orbax, the encoder's pure-dict ``params``) and ``out/config.json``
     (``norm_stats`` null for a method whose front end has no statistics)."""
     out = pathlib.Path(out)
@@ -67,8 +87,9 @@ def write_export(out, config, params, norm_stats) -> pathlib.Path:
         ckptr.save((out / "params").absolute(), params, force=True)
         ckptr.wait_until_finished()
     meta = {"config": json.loads(config_lib.to_json(config)), "norm_stats": None if norm_stats is None else [float(v) for v in norm_stats],
-            "sample_rate": int(config.data.sample_rate), "format": workdir_lib.EXPORT_FORMAT}
-    (out / workdir_lib.CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            "sample_rate": int(config.data.sample_rate), "format": workdir_lib.EXPORT_FORMAT, **(extra or {})}
+    if jax.process_index() == 0:
+        (out / workdir_lib.CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return out
 
 

@@ -24,6 +24,9 @@ data iterator, jitted step, checkpoint/resume, signals, non-finite stop, logging
   reconstructions), name → uint8 RGB [H, W, 3]; a pure, jittable function of the model in eval mode
   (nothing updated) and the front-end-processed batch (what ``loss`` gets), rendered in jnp. The
   trainer writes them every ``image_every`` steps (TensorBoard + ``<workdir>/images/<name>-<step>.png``).
+- ``predict(model, batch)``: optional eval-mode class logits, float32 [B, C], jittable; with it the
+  trainer validates every ``eval_every`` steps and keeps the best step (``avpretrain/validation.py``),
+  and ``avpretrain eval classify`` / ``kfold`` evaluate its exports.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ class Method:
     prepare: Callable | None = None  # (config) -> None, may fill config values
     pretrained: Callable | None = None  # (model, config, export_meta) -> downstream object
     images: Callable | None = None  # (model, batch) -> dict[str, uint8 [H, W, 3]], jittable
+    predict: Callable | None = None  # (model, batch) -> float32 logits [B, C], jittable, eval mode
 
     @property
     def needs_stats(self) -> bool:
@@ -94,7 +98,8 @@ _REGISTRY: dict[str, Method] = {}
 # Built-in methods, imported on first use: name -> module that registers it.
 BUILTIN = {"m2d": "avpretrain.models.m2d", "m2d_clap": "avpretrain.models.m2d_clap",
            "m2d2": "avpretrain.models.m2d_clap", "vqvae_audio": "avpretrain.models.vqvae",
-           "vqvae_video": "avpretrain.models.vqvae", "vq_mae_av": "avpretrain.models.vq_mae_av"}
+           "vqvae_video": "avpretrain.models.vqvae", "vq_mae_av": "avpretrain.models.vq_mae_av",
+           "classifier": "avpretrain.models.classifier"}
 
 
 def register(method: Method) -> Method:

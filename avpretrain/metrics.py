@@ -34,16 +34,23 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(str(path / "tensorboard"))
 
-    def write(self, step: int, metrics: dict) -> None:
-        if not self.active:
-            return
+    def write_scalars(self, step: int, metrics: dict) -> dict:
+        """One metrics.jsonl record and TensorBoard scalars, nothing printed (e.g. validation's ``val_*``)."""
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        if not self.active:
+            return record
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         for key, value in record.items():
             if key != "step":
                 self.tb.add_scalar(key, value, step)
         self.tb.flush()
+        return record
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        record = self.write_scalars(step, metrics)
         if self.start_step is None:
             self.start_step, self.start = step, time.time()
         done = step - self.start_step

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -76,6 +77,64 @@ def clap_report(run_dir: str) -> str:
     line = (f"demo-clap: zero-shot stage1={zero_shot['stage1']['accuracy']:.4f} "
             f"stage2={zero_shot['stage2']['accuracy']:.4f} retrieval-R@1 stage1={retrieval['stage1']['a2t_R@1']:.4f} "
             f"stage2={retrieval['stage2']['a2t_R@1']:.4f}")
+    print(f"report: {png}")
+    print(line)
+    return line
+
+
+AV_CONDITIONS = (("av", "VQ-MAE-AV audio+video"), ("audio", "audio only"), ("video", "video only"),
+                 ("random-init", "random init (audio+video)"))
+
+
+def av_report(run_dir: str) -> str:
+    """`make demo-av`'s report: VQ-MAE-AV pretraining losses and masked-code accuracy, the k-fold test
+    accuracy of each condition (mean ± std over folds, folds as dots), the pooled confusion matrix
+    of the audio+video condition; the summary line."""
+    from avpretrain.evaluate import classify
+
+    run = pathlib.Path(run_dir)
+    kfold = {c: json.loads((run / f"kfold_{c}" / "kfold.json").read_text()) for c, _ in AV_CONDITIONS}
+    metrics = run / "pretrain" / "metrics.jsonl"
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    for key, label in (("ce_video", "CE masked video codes"), ("ce_audio", "CE masked audio codes"),
+                       ("nt_xent", "NT-Xent audio↔video")):
+        axes[0].plot(*_metric_curve(metrics, key), label=label)
+    axes[0].set(xlabel="step", ylabel="loss", title="VQ-MAE-AV pretraining")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3)
+    for key, label in (("acc_video", "video"), ("acc_audio", "audio")):
+        steps, values = _metric_curve(metrics, key)
+        axes[1].plot(steps, [100 * v for v in values], label=label)
+    axes[1].set(xlabel="step", ylabel="%", title="masked-code accuracy (training batches)")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    names = [label for _, label in AV_CONDITIONS]
+    means = [100 * kfold[c]["accuracy"]["mean"] for c, _ in AV_CONDITIONS]
+    stds = [100 * kfold[c]["accuracy"]["std"] for c, _ in AV_CONDITIONS]
+    bars = axes[2].bar(range(len(names)), means, yerr=stds, capsize=4,
+                       color=["tab:blue", "tab:green", "tab:orange", "tab:gray"])
+    axes[2].bar_label(bars, fmt="%.1f", padding=2)
+    for i, (c, _) in enumerate(AV_CONDITIONS):
+        folds = [100 * f["accuracy"] for f in kfold[c]["per_fold"]]
+        axes[2].scatter([i + 0.25] * len(folds), folds, s=10, color="k", zorder=3)
+    chance = 100 / len(kfold["av"]["class_names"])
+    axes[2].axhline(chance, color="gray", ls="--", lw=1, label=f"chance {chance:.0f}%")
+    axes[2].set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    axes[2].set(ylabel="test accuracy (%)", ylim=(0, 100),
+                title=f"{kfold['av']['folds']}-fold speaker-independent (mean ± std)")
+    axes[2].legend(fontsize=8)
+    classify.plot_confusion(axes[3], np.asarray(kfold["av"]["confusion"]), kfold["av"]["class_names"],
+                            title="audio+video, test predictions of all folds")
+    fig.tight_layout()
+    png = run / "demo_av_report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    for c, label in AV_CONDITIONS:
+        k = kfold[c]
+        print(f"{label}: accuracy={k['accuracy']['mean']:.4f}±{k['accuracy']['std']:.4f} "
+              f"uar={k['uar']['mean']:.4f}±{k['uar']['std']:.4f} macro-f1={k['macro_f1']['mean']:.4f}")
+    line = "demo-av: kfold accuracy " + " ".join(f"{c}={kfold[c]['accuracy']['mean']:.4f}" for c, _ in AV_CONDITIONS)
     print(f"report: {png}")
     print(line)
     return line

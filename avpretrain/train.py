@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 import avpretrain
 from avpretrain import frontend, method as method_lib, metrics as metrics_lib, runtime, sharding, step as step_lib
+from avpretrain import validation
 from avpretrain import workdir as workdir_lib
 from avpretrain.data import pipeline
 # Orbax, grain and TFDS (checkpoint, data.source) are imported by the functions that use them.
@@ -41,7 +42,7 @@ def make_mesh(config):
 class TrainResult:
     step: int
     losses: dict  # step -> loss, for the steps this run logged
-    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": checkpointed at ``step`` on a signal
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": checkpointed at ``step`` on a signal; "early stop"
 
 
 def train(config, workdir: str, *, stop_at: int | None = None) -> TrainResult:
@@ -69,6 +70,7 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
     source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
     if method.prepare:
         method.prepare(config)
+    validation.check_config(config)
     changes = workdir_lib.config_changes(workdir, config)  # refuses an incompatible resume, writes nothing
     if changes:
         metrics_lib.log(workdir_lib.describe_changes(workdir, changes, workdir_lib.stored_norm_stats(config, workdir)))
@@ -79,6 +81,8 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
     train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
     images_fn = (make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
                  if method.images else None)
+    validator = (validation.Validator(config, workdir, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
+                 if config.get("eval_every", 0) else None)
     clip_seconds = method_lib.clip_seconds(config)
 
     data = pipeline.train_dataset(config)
@@ -96,14 +100,26 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
         workdir_lib.write_config(workdir, config, changes, start)
 
     stop = stop_at if stop_at is not None else config.total_steps
+    if validator is not None:
+        if validator.stopped_early(start):
+            metrics_lib.log(f"{workdir}: stopped early at step {start} ({validation.summary(workdir)}); nothing to do")
+            return TrainResult(start, {}, stopped_by="early stop")
+        validator.resume(start)
+        if start and validator.due(start, stop) and not validator.evaluated(start):  # its record was lost
+            validator.evaluate(start, state)
+            validator.commit()
     writer = metrics_lib.MetricWriter(workdir, config.total_steps, resumed_step=start)
     saver = checkpoint.Saver(mngr)
     losses, pending, flags = {}, [], []
     step, t_last, steps_timed = start, None, 0
 
+    saved = [start]
+
     def checkpoint_now(step, force):
         _check_finite(flags, step)
-        saver.save(step, nnx.to_pure_dict(state), iterator, force=force)
+        if saved[0] != step:
+            saver.save(step, nnx.to_pure_dict(state), iterator, force=force)
+            saved[0] = step
 
     compiled = None
     try:
@@ -147,6 +163,17 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                 checkpoint_now(step, force=True)
                 saver.check(wait=True)
                 return TrainResult(step, losses, stopped_by=signals.name)
+            if validator is not None and validator.due(step, stop):
+                # the training checkpoint of this step first: selected.json never names a step beyond it
+                checkpoint_now(step, force=True)
+                with sharding.mesh_rules(mesh, rules):
+                    entry = validator.evaluate(step, state)
+                writer.write_scalars(step, {f"val_{k}": v for k, v in entry.items() if k not in ("step", "path")})
+                saver.check(wait=True)
+                validator.commit()
+                if validator.stop_now:
+                    metrics_lib.log(f"early stop at step {step}: {validation.summary(workdir)}")
+                    return TrainResult(step, losses, stopped_by="early stop")
             if step % config.checkpoint_every == 0 or step == stop:
                 checkpoint_now(step, force=step == stop)
         saver.check(wait=True)

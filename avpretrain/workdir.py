@@ -93,6 +93,7 @@ ABSENT = "<absent>"
 # captions), optim.lr_mult (frozen groups have no optimizer state), data.num_workers (grain's
 # multiprocess iterator checkpoints a different structure) and any key not listed here.
 RESUMABLE_KEYS = ("config_spec", "seed", "total_steps", "batch_size", "log_every", "checkpoint_every", "image_every",
+                  "eval_every", "eval.patience", "eval.batch_size",
                   "keep_checkpoints", "mesh", "sharding_rules", "init.*", "ema.*", "optim.base_lr", "optim.b1",
                   "optim.b2", "optim.weight_decay", "optim.warmup_fraction", "optim.grad_clip", "data.dir",
                   "data.split", "data.read_threads", "data.prefetch_batches", "data.stats_batches",
@@ -133,8 +134,10 @@ def config_changes(workdir, config) -> dict[str, tuple]:
     if "config" in stored and "norm_stats" in stored:
         raise ValueError(f"{workdir} is an exported model, not a training workdir")
     old, new = _flat(stored), _flat(json.loads(config_lib.to_json(config)))
+    added = _base_defaults()  # a key absent from an older config.json at its default value is no change
     changes = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(old.keys() | new.keys())
-               if old.get(k, ABSENT) != new.get(k, ABSENT)}
+               if old.get(k, ABSENT) != new.get(k, ABSENT)
+               and not (k not in old and k in added and added[k] == new[k])}
     refused = [k for k in changes if not resumable(k)]
     steps = checkpointed_steps(workdir)
     if refused and steps:
@@ -143,6 +146,13 @@ def config_changes(workdir, config) -> dict[str, tuple]:
                          f"{CONFIG_NAME} and change what its checkpoints hold; keep the stored values or use a new "
                          "--workdir")
     return changes
+
+
+def _base_defaults() -> dict:
+    """The flat defaults every config starts from (``configs/common.py``)."""
+    from configs.common import base_config
+
+    return _flat(json.loads(config_lib.to_json(base_config())))
 
 
 def describe_changes(workdir, changes: dict, kept_norm_stats) -> str:

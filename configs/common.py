@@ -13,6 +13,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.image_every = 0             # the method's images (Method.images), N > 0: every N steps; 0: at each checkpoint
+    c.eval_every = 0              # validate every N steps and keep the best step (methods with Method.predict); 0: off
+
+    # Validation (eval_every > 0): best-step selection on eval.split only (never the test split).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "validation"
+    c.eval.metric = "uar"         # accuracy | uar | macro_f1 | weighted_f1 | loss (ties: the lower loss)
+    c.eval.patience = 0           # stop after this many evaluations without improvement; 0: never
+    c.eval.batch_size = 0         # windows per predict call; 0: batch_size
     c.mesh = sharding.DEFAULT_MESH
     c.sharding_rules = sharding.DEFAULT_RULES
 
@@ -27,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.stats_batches = 20
     c.data.use_captions = False   # batches carry 'text_emb': one stored caption embedding per clip
     c.data.text_model = ""        # which stored caption-embedding set ("": the only one); filled in at train time
+    c.data.folds = ""             # a folds.json of `avpretrain kfold`: the splits are those of fold data.fold
+    c.data.fold = -1
 
     # Initialise some params from another run (e.g. stage 2 from stage 1) before step 0.
     c.init = ml_collections.ConfigDict()

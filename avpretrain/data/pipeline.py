@@ -79,15 +79,19 @@ class Crop:
                                  f"video_codes window of {self.codes['video_codes'].shape[0]} frames (50 and 25 per s)")
             self.code_window = next(iter(windows.values()))
 
-    def _code_window(self, element, rng, out):
-        """One random window of T video frames (2T audio frames) of the code grids; a clip shorter than
-        the window is repeated from its start until the window is full (no padding code exists);
-        a modality the example lacks is code 0."""
+    def _code_frames(self, element) -> int:
+        """The example's length in video frames (the longer of its code grids)."""
+        return max(len(element[name]) // (AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1)
+                   for name in self.codes)
+
+    def _code_window(self, element, rng, out, start: int | None = None):
+        """One window of T video frames (2T audio frames) of the code grids, at ``start`` or at random;
+        a clip shorter than the window is repeated from its start until the window is full (no
+        padding code exists); a modality the example lacks is code 0."""
         T = self.code_window
-        lengths = {name: len(element[name]) // (AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1)
-                   for name in self.codes}
-        available = max(lengths.values())
-        start = int(rng.integers(0, available - T + 1)) if available > T else 0
+        available = self._code_frames(element)
+        if start is None:
+            start = int(rng.integers(0, available - T + 1)) if available > T else 0
         for name, field in self.codes.items():
             per = AUDIO_CODE_FRAMES_PER_VIDEO_FRAME if name == "audio_codes" else 1
             codes = np.asarray(element[name])
@@ -98,6 +102,24 @@ class Crop:
             if len(window) < per * T:
                 window = np.resize(window, (per * T, *codes.shape[1:]))  # repeats the rows cyclically
             out[name] = window.astype(np.int32)
+
+    def eval_windows(self, element) -> list[dict]:
+        """Every window an evaluation reads of one example (token inputs): consecutive windows from
+        the start, the last one ending at the clip's end (so it overlaps the one before); a clip no
+        longer than a window gives one (repeated as in training). Fields without ``label``."""
+        if not self.codes:
+            raise ValueError(f"evaluation windows are defined for token inputs ({CODE_FIELDS}); the method "
+                             f"reads {self.fields}")
+        T, L = self.code_window, self._code_frames(element)
+        starts = list(range(0, max(L - T, 0) + 1, T))
+        if L > T and starts[-1] != L - T:
+            starts.append(L - T)
+        windows = []
+        for start in starts:
+            out = {}
+            self._code_window(element, None, out, start)
+            windows.append(out)
+        return windows
 
     def __call__(self, element, rng: np.random.Generator):
         out = {}
@@ -157,9 +179,9 @@ class CaptionedSource:
 
 def training_source(config, inputs: dict):
     """The training split as a random-access source (``CaptionedSource`` when ``inputs`` has ``text_emb``)."""
-    from avpretrain.data import source as source_lib
+    from avpretrain.data import folds, source as source_lib
 
-    src = source_lib.data_source(config.data.dir, config.data.split)
+    src = folds.split_source(config.data, config.data.split)
     stored = source_lib.open_builder(config.data.dir).info.features
     missing = [name for name in inputs if name != "text_emb" and name not in stored]
     if missing:

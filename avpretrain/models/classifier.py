@@ -1,0 +1,269 @@
+"""Supervised fine-tuning: a pretrained encoder + a classification head (``method="classifier"``).
+
+The encoder is any registered backbone (``BACKBONES``; today the VQ-MAE-AV encoder over token
+datasets), built from the architecture of the run it is initialised from (``config.init.path``,
+an export or a training workdir: ``prepare`` copies its method and model config into
+``config.encoder``) or, without one, from ``config.encoder`` as written (random init). Heads
+(``model.head``):
+
+- ``"attention"``: a learned-query attention pool per modality → concatenated → LayerNorm →
+  dropout → linear (the VQ-MAE-AV fine-tuning head).
+- ``"query"``: ``model.num_queries`` learned query tokens prepended to the joint token sequence,
+  ``model.head_depth`` transformer blocks over both, the queries' outputs averaged → LayerNorm →
+  dropout → linear (a small query transformer).
+
+Loss: cross-entropy with label smoothing (``model.label_smoothing``) and the focal factor
+``(1 − p)^γ`` (``model.focal_gamma``, 0: plain CE), averaged over the batch. The encoder is the
+"encoder" parameter group: ``--config.optim.lr_mult.encoder=0`` freezes it, 0.1 trains it at a
+tenth of the head's learning rate. ``predict`` (eval mode, no dropout) gives the logits that
+validation (``eval_every``), ``avpretrain eval classify`` and ``avpretrain kfold`` use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avpretrain import method
+from avpretrain.models import vit
+from avpretrain.models import vq_mae_av as vq_mae_av_lib
+
+HEADS = ("attention", "query")
+
+
+# -- backbones ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """How the classifier uses a pretrained method's encoder."""
+
+    create: Callable       # (encoder ConfigDict, rngs) -> nnx.Module, the encoder only
+    inputs: Callable       # (encoder ConfigDict, modalities) -> dict[str, method.Field] (no label)
+    tokens: Callable       # (encoder, batch, modalities) -> dict modality -> [B, N, D]
+    width: Callable        # (encoder ConfigDict) -> D
+    modalities: Callable   # (encoder ConfigDict) -> the modalities the encoder knows
+    params: Callable       # (encoder ConfigDict) -> its top-level attributes (loaded from init.path)
+    frontend: tuple = ()
+
+
+def _vq_kwargs(enc):
+    # the encoder without the contrastive pools: the head has its own
+    return vq_mae_av_lib.kwargs_from_config(enc.model, encoder_only=True) | {"contrastive_weight": 0.0}
+
+
+def _vq_tokens(encoder, batch, modalities):
+    x = {m: encoder.embed_tokens(m, encoder.layout.to_tokens(m, batch[vq_mae_av_lib.FIELD[m]].astype(jnp.int32)))
+         for m in modalities}
+    return encoder.encode(x)
+
+
+def _vq_params(enc):
+    mods = tuple(enc.model.get("modalities", vq_mae_av_lib.MODALITIES))
+    return tuple(f"{m}_{p}" for m in vq_mae_av_lib.MODALITIES if m in mods for p in ("embed", "pos")) + (
+        "modality_embed", "blocks", "norm")
+
+
+BACKBONES = {
+    "vq_mae_av": Backbone(
+        create=lambda enc, rngs: vq_mae_av_lib.VQMAEAV(rngs=rngs, **_vq_kwargs(enc)),
+        inputs=lambda enc, mods: {vq_mae_av_lib.FIELD[m]: f for m, f in zip(
+            vq_mae_av_lib.MODALITIES, _vq_fields(enc)) if m in mods},
+        tokens=_vq_tokens,
+        width=lambda enc: int(enc.model.width),
+        modalities=lambda enc: tuple(m for m in vq_mae_av_lib.MODALITIES
+                                     if m in tuple(enc.model.get("modalities", vq_mae_av_lib.MODALITIES))),
+        params=_vq_params),
+}
+
+
+def _vq_fields(enc):
+    L = vq_mae_av_lib.TokenLayout.from_config(enc.model)
+    return (method.Field((L.frames, L.grid, L.grid), "int32"), method.Field((2 * L.frames, L.audio_codes), "int32"))
+
+
+def backbone(config) -> Backbone:
+    name = str(config.encoder.method)
+    if name not in BACKBONES:
+        raise ValueError(f"config.encoder.method={name!r}: the classifier fine-tunes {sorted(BACKBONES)} encoders")
+    return BACKBONES[name]
+
+
+# -- the model ----------------------------------------------------------------------------------
+class Classifier(nnx.Module):
+    @classmethod
+    def param_group(cls, path: tuple) -> str:
+        """``optim.lr_mult`` groups: "encoder" (the pretrained part) and "head"."""
+        return "encoder" if str(path[0]) == "encoder" else "head"
+
+    def __init__(self, *, encoder, backbone: str, modalities, width: int, num_classes: int,
+                 head: str = "attention", num_heads: int = 4, num_queries: int = 4, head_depth: int = 1,
+                 mlp_ratio: float = 2.0, dropout: float = 0.1, label_smoothing: float = 0.0,
+                 focal_gamma: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+        if head not in HEADS:
+            raise ValueError(f"model.head={head!r}: choose one of {HEADS}")
+        if num_classes < 2:
+            raise ValueError(f"model.num_classes={num_classes}: a classifier needs at least 2 classes")
+        if not 0 <= dropout < 1 or not 0 <= label_smoothing < 1 or focal_gamma < 0:
+            raise ValueError(f"model.dropout={dropout} and model.label_smoothing={label_smoothing} must be in [0, 1), "
+                             f"model.focal_gamma={focal_gamma} >= 0")
+        self.encoder, self.backbone = encoder, str(backbone)  # a BACKBONES name (static)
+        self.modalities, self.head_kind, self.num_classes = tuple(modalities), head, int(num_classes)
+        self.dropout, self.label_smoothing, self.focal_gamma = float(dropout), float(label_smoothing), float(focal_gamma)
+        if head == "attention":
+            self.pools = nnx.Dict({m: vq_mae_av_lib.AttentionPool(width, num_heads, rngs, dtype) for m in self.modalities})
+            feat = width * len(self.modalities)
+        else:
+            self.queries = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, num_queries, width)),
+                                     out_sharding=(None, None, "embed"))
+            self.head_blocks = vit.blocks(head_depth, width, num_heads, mlp_ratio, rngs, dtype)
+            feat = width
+        self.head_norm = vit.layer_norm(feat, rngs, dtype)
+        self.head = vit.dense(feat, self.num_classes, ("embed", None), rngs, dtype)
+
+    def features(self, batch):
+        """The head's input [B, F] (before dropout)."""
+        tokens = BACKBONES[self.backbone].tokens(self.encoder, batch, self.modalities)
+        if self.head_kind == "attention":
+            x = jnp.concatenate([self.pools[m](tokens[m]) for m in self.modalities], axis=-1)
+        else:
+            seq = jnp.concatenate([tokens[m] for m in self.modalities], axis=1)
+            q = jnp.broadcast_to(self.queries[...].astype(seq.dtype), (seq.shape[0], *self.queries.shape[1:]))
+            h = vit.apply_blocks(self.head_blocks, jnp.concatenate([q, seq], axis=1))
+            x = h[:, :q.shape[1]].mean(1)
+        return self.head_norm(x)
+
+    def predict(self, batch):
+        """Eval-mode logits, float32 [B, num_classes]."""
+        return self.head(self.features(batch)).astype(jnp.float32)
+
+    def loss(self, batch, rng):
+        x = self.features(batch)
+        if self.dropout:
+            keep = jax.random.bernoulli(rng, 1 - self.dropout, x.shape)
+            x = jnp.where(keep, x / (1 - self.dropout), 0).astype(x.dtype)
+        logits = self.head(x).astype(jnp.float32)
+        labels = batch["label"].astype(jnp.int32)
+        loss = classification_loss(logits, labels, self.num_classes, self.label_smoothing, self.focal_gamma)
+        acc = (logits.argmax(-1) == labels).mean()
+        return loss, {"loss": loss, "accuracy": acc}
+
+
+def classification_loss(logits_BC, labels_B, num_classes: int, label_smoothing: float = 0.0, focal_gamma: float = 0.0):
+    """Mean over the batch of −Σ_c q_c (1 − p_c)^γ log p_c with q the smoothed one-hot target."""
+    q = jax.nn.one_hot(labels_B, num_classes) * (1 - label_smoothing) + label_smoothing / num_classes
+    logp = jax.nn.log_softmax(logits_BC, axis=-1)
+    if focal_gamma:
+        q = q * (1 - jnp.exp(logp)) ** focal_gamma
+    return -(q * logp).sum(-1).mean()
+
+
+# -- the method ---------------------------------------------------------------------------------
+def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
+    bb, m = backbone(config), config.model
+    known = bb.modalities(config.encoder)
+    mods = tuple(m.modalities)
+    if not mods or any(x not in known for x in mods):
+        raise ValueError(f"model.modalities={mods!r}: the {config.encoder.method} encoder has {known}")
+    return Classifier(encoder=bb.create(config.encoder, rngs), backbone=str(config.encoder.method), modalities=mods,
+                      width=bb.width(config.encoder), num_classes=int(m.num_classes), head=str(m.head),
+                      num_heads=int(m.num_heads), num_queries=int(m.num_queries), head_depth=int(m.head_depth),
+                      mlp_ratio=float(m.mlp_ratio), dropout=float(m.dropout),
+                      label_smoothing=float(m.label_smoothing), focal_gamma=float(m.focal_gamma),
+                      dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
+
+
+def inputs(config) -> dict:
+    return backbone(config).inputs(config.encoder, tuple(config.model.modalities)) | {"label": method.Field((), "int32")}
+
+
+def init_sources(config) -> list:
+    if not config.init.path:
+        return []
+    params = tuple(config.init.params) or backbone(config).params(config.encoder)
+    return [method.InitSource(str(config.init.path), params, into=("encoder",))]
+
+
+def source_config(path) -> dict:
+    """The config (a dict) of an export or a training workdir."""
+    from avpretrain import workdir as workdir_lib
+
+    path = pathlib.Path(path)
+    kind = workdir_lib.kind(path)
+    if kind == "export":
+        return workdir_lib.export_meta(path)["config"]
+    if kind == "workdir" or (path / workdir_lib.CONFIG_NAME).is_file():
+        return workdir_lib.read_json(path / workdir_lib.CONFIG_NAME)
+    raise FileNotFoundError(f"config.init.path={path}: neither an export nor a training workdir")
+
+
+def prepare(config) -> None:
+    """Fills ``config.encoder`` from ``config.init.path`` and the classes from the dataset."""
+    import ml_collections
+
+    from avpretrain import metrics as metrics_lib
+    from avpretrain.data import source as source_lib
+
+    if config.init.path:
+        src = source_config(config.init.path)
+        if src.get("method") not in BACKBONES:
+            raise ValueError(f"config.init.path={config.init.path} is a {src.get('method')!r} model; the classifier "
+                             f"fine-tunes {sorted(BACKBONES)} encoders")
+        metrics_lib.log(f"encoder: {src['method']} architecture of {config.init.path}")
+        with config.unlocked():
+            config.encoder.method = src["method"]
+            config.encoder.model = ml_collections.ConfigDict(src["model"])
+    names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
+    if config.model.num_classes and int(config.model.num_classes) != len(names):
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} has "
+                         f"{len(names)} classes {names}")
+    _check_training_classes(config, names)
+    with config.unlocked():
+        config.model.num_classes = len(names)
+        config.model.class_names = tuple(names)
+
+
+def _check_training_classes(config, names) -> None:
+    """Refuses a training split (or fold) without an example of some class: its head could not learn it."""
+    from avpretrain.data import folds
+
+    src = folds.split_source(config.data, config.data.split)
+    seen = np.zeros(len(names), bool)
+    for i in range(len(src)):
+        label = int(src[i]["label"])
+        if not 0 <= label < len(names):
+            raise ValueError(f"{config.data.dir}: label {label} of training record {i} is outside the {len(names)} "
+                             f"classes {names}")
+        seen[label] = True
+    if not seen.all():
+        where = f"fold {config.data.fold} of {config.data.folds}" if config.data.get("folds") else config.data.dir
+        missing = ", ".join(f"{names[c]!r} (label {c})" for c in np.flatnonzero(~seen))
+        raise ValueError(f"{where}: training split {config.data.split!r} ({len(src)} examples) has no example of "
+                         f"class {missing}: the head cannot learn it")
+
+
+class Predictor:
+    """The export adapter: ``predict(batch)`` → float32 logits [B, C] for a dict of the input fields
+    (``inputs``, e.g. ``audio_codes`` / ``video_codes``), and the class names."""
+
+    def __init__(self, model, config, meta=None):
+        self.model, self.config, self.meta = model, config, meta
+        self.class_names = list(config.model.class_names)
+        self.inputs = {k: v for k, v in inputs(config).items() if k != "label"}
+        graphdef, state = nnx.split(model)
+        self._state = state
+        self._predict = jax.jit(lambda state, batch: nnx.merge(graphdef, state).predict(batch))
+
+    def predict(self, batch: dict) -> np.ndarray:
+        missing = [k for k in self.inputs if k not in batch]
+        if missing:
+            raise ValueError(f"predict: the batch lacks {missing} (this classifier reads {sorted(self.inputs)})")
+        return np.asarray(self._predict(self._state, {k: jnp.asarray(batch[k]) for k in self.inputs}))
+
+
+METHOD = method.register(method.Method(
+    name="classifier", create=create, inputs=inputs, init_sources=init_sources, prepare=prepare,
+    pretrained=Predictor, predict=lambda model, batch: model.predict(batch)))

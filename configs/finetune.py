@@ -1,0 +1,83 @@
+"""Supervised fine-tuning of a pretrained encoder (``method="classifier"``, ``avpretrain/models/classifier.py``).
+
+The encoder's architecture is taken from ``--config.init.path`` (a VQ-MAE-AV export or training
+workdir; its weights are loaded into the encoder); without one, from ``config.encoder`` below
+(random init: the VQ-MAE-AV architecture of ``configs/vq_mae_av.py``, or of its ``runlocal``
+form with ``:runlocal``). The head is trained at the full learning rate, the encoder at
+``optim.lr_mult.encoder`` × it (0 freezes it). The classes come from the dataset's label names.
+
+Validation every ``eval_every`` steps on the validation split selects the best step and stops early
+after ``eval.patience`` evaluations without improvement (``avpretrain/validation.py``)::
+
+  avpretrain train --config=configs/finetune.py --config.init.path=$VQ_MAE_AV_EXPORT \\
+      --config.data.dir=$TOKENS --workdir=$RUN
+  avpretrain export --workdir=$RUN --out=$MODEL          # the selected step
+  avpretrain eval classify --model=$MODEL --data=$TOKENS --split=test
+
+Speaker-independent k-fold (each fold a run of this config in ``$W/fold-<i>``)::
+
+  avpretrain kfold --config=configs/finetune.py --folds=5 --by=speaker --workdir=$W \\
+      --config.init.path=$VQ_MAE_AV_EXPORT --config.data.dir=$TOKENS
+
+Config arguments: ``modalities=av|audio|video`` (the inputs; the encoder keeps its own),
+``head=attention|query``, ``runlocal`` (a tiny run and the runlocal encoder).
+"""
+import ml_collections
+
+from avpretrain.config import parse_arg
+from configs import vq_mae_av
+from configs.common import base_config
+
+MODALITIES = {"av": ("video", "audio"), "audio": ("audio",), "video": ("video",)}
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, runlocal=False, modalities="av", head="attention")
+    if arg.modalities not in MODALITIES:
+        raise ValueError(f"configs/finetune.py: unknown modalities {arg.modalities!r}; choose one of {sorted(MODALITIES)}")
+    c = base_config()
+    c.method = "classifier"
+    c.total_steps = 3000
+    c.batch_size = 64
+    c.log_every = 50
+    c.checkpoint_every = 250
+    c.keep_checkpoints = 1
+    c.eval_every = 250
+    c.eval.metric = "uar"
+    c.eval.patience = 6
+
+    # The encoder: filled from init.path when given; else this architecture, randomly initialised.
+    c.encoder = ml_collections.ConfigDict()
+    c.encoder.method = "vq_mae_av"
+    c.encoder.model = vq_mae_av.get_config("runlocal" if arg.runlocal else None).model
+
+    c.model = ml_collections.ConfigDict()
+    c.model.modalities = MODALITIES[arg.modalities]
+    c.model.num_classes = 0              # 0: the dataset's number of classes (filled in at train time)
+    c.model.class_names = ()             # filled in at train time
+    c.model.head = arg.head              # attention | query
+    c.model.num_heads = 4
+    c.model.num_queries = 4              # query head
+    c.model.head_depth = 1               # query head: transformer blocks over [queries; tokens]
+    c.model.mlp_ratio = 2.0
+    c.model.dropout = 0.1                # on the head's input features
+    c.model.label_smoothing = 0.1
+    c.model.focal_gamma = 0.0            # > 0: focal loss (1 − p)^γ · CE
+
+    c.init.params = ()                   # (): the whole encoder of init.path
+    c.optim.base_lr = 1e-3               # per 256: the head's lr = 1e-3 · 64 / 256 = 2.5e-4
+    c.optim.b1, c.optim.b2 = 0.9, 0.999
+    c.optim.weight_decay = 0.05
+    c.optim.warmup_fraction = 0.05
+    c.optim.grad_clip = 1.0
+    c.optim.lr_mult.encoder = 0.5        # the encoder at half the head's lr; 0 freezes it
+
+    if arg.runlocal:
+        c.total_steps = 40
+        c.batch_size = 8
+        c.log_every = 10
+        c.checkpoint_every = 20
+        c.eval_every = 20
+        c.eval.patience = 0
+        c.model.num_heads = 2
+    return c
