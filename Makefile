@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 DEMO_CLAP_DIR ?= runs/demo_clap
+DEMO_AV_DIR ?= runs/demo_av
 
-.PHONY: venv test demo demo-clap bench bench-reference clean
+.PHONY: venv test demo demo-clap demo-av bench bench-reference clean
 
 venv: $(STAMP)
 
@@ -24,6 +25,9 @@ demo: $(STAMP)
 
 demo-clap: $(STAMP)
 	bash launch/demo_clap.sh $(DEMO_CLAP_DIR)
+
+demo-av: $(STAMP)
+	bash launch/demo_av.sh $(DEMO_AV_DIR)
 
 bench: $(STAMP)
 	$(VENV)/bin/avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8

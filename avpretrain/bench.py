@@ -160,6 +160,7 @@ def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
             "first_step_unix": first_step_unix, "loss": float(out["loss"]),
             "flops_per_step": (model.flops_per_example() * config.batch_size
                                if hasattr(model, "flops_per_example") else None),
+            "tokens_per_example": model.tokens_per_example() if hasattr(model, "tokens_per_example") else None,
             "xla_flops_per_device_step": xla_flops, "xla_bytes_per_device": xla_bytes,
             "params_trainable": int(trainable), "params_total": int(total)}
 
@@ -207,6 +208,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     step_s = r["step_time_s"]
     r["examples_per_s"] = config.batch_size / step_s
     r["audio_hours_per_s"] = r["examples_per_s"] * clip_seconds / 3600
+    r["tokens_per_s"] = r["tokens_per_example"] and r["examples_per_s"] * r["tokens_per_example"]
     r["tflops"] = r["flops_per_step"] and r["flops_per_step"] / step_s / 1e12
     dtype = str(config.model.get("dtype", "float32"))
     if peak_tflops > 0:
@@ -234,7 +236,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
         f"parameters         {r['params_trainable']:,} trainable / {r['params_total']:,} total",
         f"compile            {r['compile_s']:.1f} s",
         f"step time          {1e3 * step_s:.2f} ms (median of {steps} after {warmup} warm-up); loss {r['loss']:.4f}",
-        f"throughput         {r['examples_per_s']:.1f} examples/s, {r['audio_hours_per_s']:.4f} audio-hours/s",
+        f"throughput         {r['examples_per_s']:.1f} examples/s, {r['audio_hours_per_s']:.4f} audio-hours/s"
+        + (f", {r['tokens_per_s']:.0f} tokens/s ({r['tokens_per_example']} per example)" if r["tokens_per_s"] else ""),
         f"model FLOPs/step   {fmt(r['flops_per_step'], '.4g')} analytic; XLA cost analysis {fmt(xla_total, '.4g')} "
         f"(all devices)",
         f"achieved           {fmt(r['tflops'], '.3f')} TFLOP/s; MFU {fmt(r['mfu'], '.1%')} of the stated peak",

@@ -43,6 +43,7 @@ class Field:
 
     shape: tuple[int, ...]
     dtype: str = "float32"
+    high: int | None = None  # integer fields: values lie in [0, high) (code-book size, classes); synthetic batches use it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Method:
         for name, f in self.inputs(config).items():
             shape = (batch, *f.shape)
             if np.issubdtype(np.dtype(f.dtype), np.integer):
-                high = 256 if f.dtype == "uint8" else 2
+                high = f.high or (256 if f.dtype == "uint8" else 2)
                 out[name] = rng.integers(0, high, shape).astype(f.dtype)
             elif name == "audio":
                 out[name] = (0.1 * rng.standard_normal(shape)).astype(f.dtype)
@@ -121,7 +122,8 @@ def of(config) -> Method:
 
 
 def clip_seconds(config) -> float:
-    """Seconds of signal in one training example: the audio crop, else the video crop, else 0."""
+    """Seconds of signal in one training example: the audio crop, else the video crop, else the code
+    window, else 0."""
     from avpretrain.data import frames
 
     fields = of(config).inputs(config)
@@ -129,4 +131,8 @@ def clip_seconds(config) -> float:
         return fields["audio"].shape[0] / config.data.sample_rate
     if "video" in fields:
         return fields["video"].shape[0] / frames.VIDEO_FPS
+    if "video_codes" in fields:  # code frames at the video frame rate (audio codes: twice as many)
+        return fields["video_codes"].shape[0] / frames.VIDEO_FPS
+    if "audio_codes" in fields:
+        return fields["audio_codes"].shape[0] / (2 * frames.VIDEO_FPS)
     return 0.0

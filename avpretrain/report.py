@@ -82,8 +82,8 @@ def clap_report(run_dir: str) -> str:
     return line
 
 
-AV_CONDITIONS = (("av", "VQ-MAE-AV audio+video"), ("audio", "audio only"), ("video", "video only"),
-                 ("random-init", "random init (audio+video)"))
+AV_CONDITIONS = (("av", "pretrained audio+video"), ("audio", "pretrained audio"), ("video", "pretrained video"),
+                 ("random-init", "random init audio+video"))
 
 
 def av_report(run_dir: str) -> str:
@@ -120,7 +120,7 @@ def av_report(run_dir: str) -> str:
         axes[2].scatter([i + 0.25] * len(folds), folds, s=10, color="k", zorder=3)
     chance = 100 / len(kfold["av"]["class_names"])
     axes[2].axhline(chance, color="gray", ls="--", lw=1, label=f"chance {chance:.0f}%")
-    axes[2].set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    axes[2].set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
     axes[2].set(ylabel="test accuracy (%)", ylim=(0, 100),
                 title=f"{kfold['av']['folds']}-fold speaker-independent (mean ± std)")
     axes[2].legend(fontsize=8)

@@ -65,7 +65,7 @@ def get_config(arg=None):
     c.model.focal_gamma = 0.0            # > 0: focal loss (1 − p)^γ · CE
 
     c.init.params = ()                   # (): the whole encoder of init.path
-    c.optim.base_lr = 1e-3               # per 256: the head's lr = 1e-3 · 64 / 256 = 2.5e-4
+    c.optim.base_lr = 4e-3               # per 256: the head's peak lr = 4e-3 · 64 / 256 = 1e-3
     c.optim.b1, c.optim.b2 = 0.9, 0.999
     c.optim.weight_decay = 0.05
     c.optim.warmup_fraction = 0.05

@@ -15,14 +15,14 @@ stage() { echo "== $(date +%T) $*"; }
 
 stage "build demo_av ($CLIPS clips)"
 if [ ! -f "$RUN/data/build_report.json" ]; then
-  $AVP data build demo_av --out "$RUN/data" --num_clips "$CLIPS"
+  $AVP data build demo_av --out "$RUN/data" --num-clips "$CLIPS"
 fi
 
 stage "tokenizers"
 $AVP train --config=configs/vqvae_audio.py:runlocal --config.data.dir="$RUN/data" --workdir="$RUN/vq_audio" \
-  --config.total_steps=${DEMO_AV_VQ_AUDIO_STEPS:-600} --config.log_every=100 --config.checkpoint_every=300
+  --config.total_steps=${DEMO_AV_VQ_AUDIO_STEPS:-500} --config.log_every=100 --config.checkpoint_every=250
 $AVP train --config=configs/vqvae_video.py:runlocal --config.data.dir="$RUN/data" --workdir="$RUN/vq_video" \
-  --config.total_steps=${DEMO_AV_VQ_VIDEO_STEPS:-500} --config.log_every=100 --config.checkpoint_every=250
+  --config.total_steps=${DEMO_AV_VQ_VIDEO_STEPS:-400} --config.log_every=100 --config.checkpoint_every=200
 $AVP export --workdir="$RUN/vq_audio" --out="$RUN/vq_audio_export"
 $AVP export --workdir="$RUN/vq_video" --out="$RUN/vq_video_export"
 
@@ -32,15 +32,15 @@ $AVP data tokenize --audio-vq="$RUN/vq_audio_export" --video-vq="$RUN/vq_video_e
 
 stage "pretrain VQ-MAE-AV"
 $AVP train --config=configs/vq_mae_av.py:runlocal --config.data.dir="$RUN/tokens" --workdir="$RUN/pretrain" \
-  --config.total_steps=${DEMO_AV_PRETRAIN_STEPS:-600} --config.batch_size=32 --config.log_every=25 \
-  --config.checkpoint_every=300
+  --config.total_steps=${DEMO_AV_PRETRAIN_STEPS:-800} --config.batch_size=16 --config.optim.base_lr=0.016 \
+  --config.log_every=25 --config.checkpoint_every=400   # peak lr 0.016 · 16 / 256 = 1e-3, the reference's
 $AVP export --workdir="$RUN/pretrain" --out="$RUN/pretrain_export"
 
 # Fine-tuning: the same config for every condition (the runlocal encoder architecture, so that the
 # random-init condition is the pretrained architecture), validation every 50 steps on each fold's
-# validation speakers, early stopping after 3 evaluations without a better UAR.
-FT=(--config.total_steps=${DEMO_AV_FINETUNE_STEPS:-400} --config.batch_size=32 --config.log_every=50
-    --config.checkpoint_every=50 --config.eval_every=50 --config.eval.patience=3 --config.data.dir="$RUN/tokens")
+# validation speakers, early stopping after 2 evaluations without a better UAR.
+FT=(--config.total_steps=${DEMO_AV_FINETUNE_STEPS:-150} --config.batch_size=32 --config.log_every=50
+    --config.checkpoint_every=50 --config.eval_every=50 --config.eval.patience=2 --config.data.dir="$RUN/tokens")
 for cond in av audio video; do
   stage "5-fold fine-tuning: pretrained, $cond"
   $AVP kfold --config=configs/finetune.py:runlocal,modalities=$cond --folds=5 --by=speaker \

@@ -149,3 +149,19 @@ def test_nt_xent_squeezes_pooled_tokens():
 def test_nt_xent_shape_errors(shape_a, shape_b, pattern):
     with pytest.raises(ValueError, match=pattern):
         C.nt_xent(np.zeros(shape_a, np.float32), np.ones(shape_b, np.float32))
+
+
+def test_nt_xent_is_symmetric_and_sharper_at_lower_temperature():
+    a, b = rand((6, 8), 14), rand((6, 8), 15)
+    np.testing.assert_allclose(float(C.nt_xent(a, b)), float(C.nt_xent(b, a)), rtol=1e-6)
+    aligned = a + 0.05 * rand((6, 8), 16)  # positives much closer than the negatives
+    assert float(C.nt_xent(a, aligned, 0.1)) < float(C.nt_xent(a, aligned, 0.5)) < float(C.nt_xent(a, aligned, 2.0))
+
+
+def test_nt_xent_batch_of_one_is_handled_as_zero_loss():
+    """B = 1: each row's only non-self candidate is its positive, so the loss is 0 (no negatives,
+    nothing to learn) with zero gradients, not NaN."""
+    a, b = rand((1, 6), 17), rand((1, 6), 18)
+    assert float(C.nt_xent(a, b)) == pytest.approx(0.0, abs=1e-6)
+    grads = jax.grad(C.nt_xent, argnums=(0, 1))(a, b)
+    assert all(np.allclose(np.asarray(g), 0.0, atol=1e-6) for g in grads)

@@ -272,3 +272,37 @@ def test_kfold_refuses_a_config_without_validation_and_empty_speakers(tokens, tm
     assert cli.main(["kfold", f"--config={CONFIG}", "--folds=3", f"--workdir={tmp_path / 'b'}",
                      f"--config.data.dir={empty}"]) == 2
     assert "have an empty speaker" in capsys.readouterr().err
+
+
+def test_finetune_config_variants_share_the_pretraining_architecture():
+    pre = config_lib.load_config(str(REPO / "configs/vq_mae_av.py"))
+    pre_local = config_lib.load_config(str(REPO / "configs/vq_mae_av.py") + ":runlocal")
+    full = config_lib.load_config(str(REPO / "configs/finetune.py"))
+    assert full.encoder.model.to_dict() == pre.model.to_dict()  # random init = the pretrained architecture
+    assert config_lib.load_config(CONFIG).encoder.model.to_dict() == pre_local.model.to_dict()
+    assert (full.method, full.model.modalities, full.model.head) == ("classifier", ("video", "audio"), "attention")
+    for arg, mods in (("modalities=audio", ("audio",)), ("modalities=video", ("video",))):
+        assert config_lib.load_config(str(REPO / "configs/finetune.py") + f":{arg}").model.modalities == mods
+    assert config_lib.load_config(str(REPO / "configs/finetune.py") + ":head=query").model.head == "query"
+    with pytest.raises(ValueError, match="unknown modalities 'text'"):
+        config_lib.load_config(str(REPO / "configs/finetune.py") + ":modalities=text")
+
+
+def test_av_report_line_and_png(tmp_path, capsys):
+    from avpretrain import report
+
+    run = tmp_path / "run"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "ce_video": 6 - s / 100, "ce_audio": 5 - s / 100, "nt_xent": 2.0, "acc_video": 0.01,
+                    "acc_audio": 0.02}) + "\n" for s in (25, 50)))
+    for i, (c, _) in enumerate(report.AV_CONDITIONS):
+        per_fold = [{"fold": f, "accuracy": 0.3 + 0.1 * i + 0.01 * f} for f in range(5)]
+        (run / f"kfold_{c}").mkdir()
+        (run / f"kfold_{c}" / "kfold.json").write_text(json.dumps({
+            "folds": 5, "class_names": list(CLASSES), "per_fold": per_fold, "confusion": np.eye(3, dtype=int).tolist(),
+            **{k: {"mean": 0.3 + 0.1 * i, "std": 0.01} for k in ("accuracy", "uar", "macro_f1")}}))
+    line = report.av_report(str(run))
+    assert line == "demo-av: kfold accuracy av=0.3000 audio=0.4000 video=0.5000 random-init=0.6000"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == line
+    assert (run / "demo_av_report.png").read_bytes()[:4] == b"\x89PNG"

@@ -228,3 +228,16 @@ def test_training_batches_from_a_token_dataset(whole, av_data_dir):
     config.data.dir = str(av_data_dir)
     with pytest.raises(ValueError, match="codes need a token dataset"):
         pipeline.train_dataset(config, inputs=inputs)
+
+
+def test_fingerprint_is_of_the_weights_not_the_files(exports, tmp_path):
+    """An export written again (new Orbax file names) keeps its fingerprint, so a rerun of a pipeline that
+    re-exports (make demo-av) resumes its tokenization; other weights change it."""
+    tok = export.load_pretrained(exports["audio"])
+    params = nnx.to_pure_dict(nnx.state(tok.model))
+    again = export.write_export(tmp_path / "again", tok.config, params, None)
+    assert tokenize.fingerprint(again, export.load_pretrained(again).model) == tokenize.fingerprint(exports["audio"], tok.model)
+    import jax
+
+    other = export.write_export(tmp_path / "other", tok.config, jax.tree.map(lambda x: x * 1.01, params), None)
+    assert tokenize.fingerprint(other, export.load_pretrained(other).model) != tokenize.fingerprint(exports["audio"], tok.model)

@@ -264,7 +264,8 @@ def test_config_method_and_audio_variant():
     meth = method.get("vq_mae_av")
     assert meth.frontend == () and meth.pretrained is V.Embedder
     fields = meth.inputs(av)
-    assert fields == {"video_codes": method.Field((50, 24, 24), "int32"), "audio_codes": method.Field((100, 64), "int32")}
+    assert fields == {"video_codes": method.Field((50, 24, 24), "int32", 512),
+                      "audio_codes": method.Field((100, 64), "int32", 256)}
     with sharding.mesh_rules(sharding.single_device_mesh()):
         full = nnx.eval_shape(lambda: V.create(av, nnx.Rngs(0)))
     assert full.video_embed.shape == (80, 512, 4) and full.audio_embed.shape == (20, 256, 16)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import pathlib
 import sys
@@ -97,13 +98,19 @@ def load_tokenizer(path, modality: str):
     return export.load_pretrained(path)
 
 
-def fingerprint(path) -> str:
-    """A short hash of an export's config.json and its parameter files' names and sizes."""
-    path = pathlib.Path(path)
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for f in sorted((path / "params").rglob("*")):
-        if f.is_file():
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+def fingerprint(path, model) -> str:
+    """A short hash of an export's training config and its parameter values (``model``: the loaded
+    tokenizer's module): the same weights exported again give the same fingerprint (Orbax's file
+    names do not enter it), other weights or settings another."""
+    import jax
+    from flax import nnx
+
+    meta = json.loads((pathlib.Path(path) / "config.json").read_text())
+    h = hashlib.sha256(json.dumps(meta.get("config"), sort_keys=True).encode())
+    for key, value in sorted(nnx.to_flat_state(nnx.state(model)), key=lambda kv: str(kv[0])):
+        array = np.asarray(jax.device_get(value.get_value() if hasattr(value, "get_value") else value[...]))
+        h.update(f"{key}:{array.dtype}:{array.shape}".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -286,7 +293,7 @@ def tokenize(data_dir, out, *, audio_vq=None, video_vq=None, shard=(0, 1), chunk
     version_dir = out / name / VERSION
     splits = {s: n for s, n in meta.num_examples.items() if n}
     job = {"source": str(dataset_dir.absolute()), "source_splits": splits, "chunk_records": chunk_records,
-           **{f"{m}_vq": ({"path": str(pathlib.Path(paths[m]).absolute()), "fingerprint": fingerprint(paths[m])}
+           **{f"{m}_vq": ({"path": str(pathlib.Path(paths[m]).absolute()), "fingerprint": fingerprint(paths[m], tokenizers[m].model)}
                           if m in paths else None) for m in METHODS}}
     chunks = jobs.plan(splits, chunk_records)
     mine = jobs.of_shard(chunks, shard)

@@ -82,7 +82,8 @@ BACKBONES = {
 
 def _vq_fields(enc):
     L = vq_mae_av_lib.TokenLayout.from_config(enc.model)
-    return (method.Field((L.frames, L.grid, L.grid), "int32"), method.Field((2 * L.frames, L.audio_codes), "int32"))
+    return (method.Field((L.frames, L.grid, L.grid), "int32", L.video_vocab),
+            method.Field((2 * L.frames, L.audio_codes), "int32", L.audio_vocab))
 
 
 def backbone(config) -> Backbone:
@@ -177,7 +178,8 @@ def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
 
 
 def inputs(config) -> dict:
-    return backbone(config).inputs(config.encoder, tuple(config.model.modalities)) | {"label": method.Field((), "int32")}
+    return backbone(config).inputs(config.encoder, tuple(config.model.modalities)) | {
+        "label": method.Field((), "int32", int(config.model.num_classes) or None)}
 
 
 def init_sources(config) -> list:

@@ -436,6 +436,10 @@ class VQMAEAV(nnx.Module):
         out["clip"] = jnp.concatenate([out[m] for m in self.modalities if m in enc], axis=-1)
         return out
 
+    def tokens_per_example(self) -> int:
+        """Tokens of one example (both modalities, visible and masked): the bench's tokens/s."""
+        return sum(self.layout.num_tokens(m) for m in self.modalities)
+
     def flops_per_example(self) -> float:
         """Analytic training FLOPs for one example (matmuls + attention; backward = 2× forward).
 
@@ -478,8 +482,8 @@ def inputs(config) -> dict:
     """``video_codes`` int32 [T, 24, 24] and ``audio_codes`` int32 [2T, 64] (T = model.frames),
     only the modalities of ``model.modalities``."""
     L = TokenLayout.from_config(config.model)
-    fields = {"video": method.Field((L.frames, L.grid, L.grid), "int32"),
-              "audio": method.Field((2 * L.frames, L.audio_codes), "int32")}
+    fields = {"video": method.Field((L.frames, L.grid, L.grid), "int32", L.video_vocab),
+              "audio": method.Field((2 * L.frames, L.audio_codes), "int32", L.audio_vocab)}
     mods = tuple(config.model.get("modalities", MODALITIES))
     return {FIELD[m]: fields[m] for m in MODALITIES if m in mods}
 
