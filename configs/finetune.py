@@ -50,6 +50,7 @@ def get_config(arg=None):
     c.encoder = ml_collections.ConfigDict()
     c.encoder.method = "vq_mae_av"
     c.encoder.model = vq_mae_av.get_config("runlocal" if arg.runlocal else None).model
+    c.encoder.norm_stats = ()            # the encoder's log-mel (mean, std), from init.path (M2D); () none / default
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = MODALITIES[arg.modalities]

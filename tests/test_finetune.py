@@ -306,3 +306,33 @@ def test_av_report_line_and_png(tmp_path, capsys):
     assert line == "demo-av: kfold accuracy av=0.3000 audio=0.4000 video=0.5000 random-init=0.6000"
     assert capsys.readouterr().out.strip().splitlines()[-1] == line
     assert (run / "demo_av_report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_m2d_export_fine_tunes_on_waveforms(data_dir, tmp_path, capsys):
+    """The same classifier over an M2D encoder: waveform windows, the export's log-mel statistics."""
+    from helpers import tiny_config
+
+    m2d_config = tiny_config(data_dir)
+    m2d = export._encoder_model(m2d_config, sharding.single_device_mesh())
+    pre = export.write_export(tmp_path / "m2d", m2d_config, nnx.to_pure_dict(nnx.state(m2d)), (-7.0, 4.0))
+    config = config_lib.load_config(str(REPO / "configs/finetune.py") + ":runlocal,modalities=audio", {
+        "data.dir": str(data_dir), "init.path": str(pre), "total_steps": 10, "eval_every": 5, "checkpoint_every": 5})
+    result = train.train(config, tmp_path / "run")
+    assert result.step == 10
+    assert config.encoder.method == "m2d" and tuple(config.encoder.norm_stats) == (-7.0, 4.0)
+    assert [h["step"] for h in validation.selected(tmp_path / "run")["history"]] == [5, 10]
+    out = export.export(tmp_path / "run", tmp_path / "e")
+    assert cli.main(["eval", "classify", f"--model={out}", f"--data={data_dir}", f"--png={tmp_path / 'c.png'}"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("classify accuracy=")
+    with pytest.raises(ValueError, match=r"model.modalities=\('video', 'audio'\): the m2d encoder has \('audio',\)"):
+        train.train(config_lib.load_config(str(REPO / "configs/finetune.py") + ":runlocal", {
+            "data.dir": str(data_dir), "init.path": str(pre)}), tmp_path / "av")
+
+
+def test_eval_windows_of_a_waveform():
+    crop = pipeline.Crop({"audio": classifier.method.Field((100,))})
+    wave = np.arange(250, dtype=np.int16)
+    windows = crop.eval_windows({"audio": wave})
+    assert [round(float(w["audio"][0]) * 32768) for w in windows] == [0, 100, 150]
+    short = crop.eval_windows({"audio": wave[:40]})
+    assert len(short) == 1 and np.count_nonzero(short[0]["audio"][40:]) == 0

@@ -104,20 +104,27 @@ class Crop:
             out[name] = window.astype(np.int32)
 
     def eval_windows(self, element) -> list[dict]:
-        """Every window an evaluation reads of one example (token inputs): consecutive windows from
-        the start, the last one ending at the clip's end (so it overlaps the one before); a clip no
-        longer than a window gives one (repeated as in training). Fields without ``label``."""
-        if not self.codes:
-            raise ValueError(f"evaluation windows are defined for token inputs ({CODE_FIELDS}); the method "
-                             f"reads {self.fields}")
-        T, L = self.code_window, self._code_frames(element)
-        starts = list(range(0, max(L - T, 0) + 1, T))
-        if L > T and starts[-1] != L - T:
-            starts.append(L - T)
+        """Every window an evaluation reads of one example: consecutive windows of the training length
+        from the start, the last one ending at the clip's end (so it may overlap the one before); a
+        clip no longer than a window gives one (codes repeated, audio zero-padded, as in training).
+        Token inputs or a waveform alone; fields without ``label``."""
+        if self.codes:
+            size, length = self.code_window, self._code_frames(element)
+        elif self.samples is not None and self.frames is None:
+            size, length = self.samples, len(element["audio"])
+        else:
+            raise ValueError(f"evaluation windows are defined for token inputs ({CODE_FIELDS}) or a waveform alone; "
+                             f"the method reads {self.fields}")
+        starts = list(range(0, max(length - size, 0) + 1, size))
+        if length > size and starts[-1] != length - size:
+            starts.append(length - size)
         windows = []
         for start in starts:
             out = {}
-            self._code_window(element, None, out, start)
+            if self.codes:
+                self._code_window(element, None, out, start)
+            else:
+                out["audio"] = _padded(element["audio"][start:start + size], size)
             windows.append(out)
         return windows
 

@@ -43,7 +43,7 @@ class Backbone:
 
     create: Callable       # (encoder ConfigDict, rngs) -> nnx.Module, the encoder only
     inputs: Callable       # (encoder ConfigDict, modalities) -> dict[str, method.Field] (no label)
-    tokens: Callable       # (encoder, batch, modalities) -> dict modality -> [B, N, D]
+    tokens: Callable       # (encoder, batch, modalities, norm_stats) -> dict modality -> [B, N, D]
     width: Callable        # (encoder ConfigDict) -> D
     modalities: Callable   # (encoder ConfigDict) -> the modalities the encoder knows
     params: Callable       # (encoder ConfigDict) -> its top-level attributes (loaded from init.path)
@@ -55,7 +55,7 @@ def _vq_kwargs(enc):
     return vq_mae_av_lib.kwargs_from_config(enc.model, encoder_only=True) | {"contrastive_weight": 0.0}
 
 
-def _vq_tokens(encoder, batch, modalities):
+def _vq_tokens(encoder, batch, modalities, norm_stats=None):
     x = {m: encoder.embed_tokens(m, encoder.layout.to_tokens(m, batch[vq_mae_av_lib.FIELD[m]].astype(jnp.int32)))
          for m in modalities}
     return encoder.encode(x)
@@ -65,6 +65,32 @@ def _vq_params(enc):
     mods = tuple(enc.model.get("modalities", vq_mae_av_lib.MODALITIES))
     return tuple(f"{m}_{p}" for m in vq_mae_av_lib.MODALITIES if m in mods for p in ("embed", "pos")) + (
         "modality_embed", "blocks", "norm")
+
+
+def _m2d_kwargs(enc):
+    from avpretrain.models import m2d
+
+    return m2d.kwargs_from_config(enc.model, encoder_only=True)
+
+
+def _m2d_create(enc, rngs):
+    from avpretrain.models import m2d
+
+    return m2d.M2D(rngs=rngs, **_m2d_kwargs(enc))
+
+
+def _m2d_inputs(enc, mods):
+    from avpretrain import audio
+
+    return {"audio": method.Field((audio.num_samples_for_frames(int(enc.model.input_frames)),))}
+
+
+def _m2d_tokens(encoder, batch, modalities, norm_stats=None):
+    """The normalised log-mel of the waveform window (on device) → the encoder's patch tokens (CLS dropped)."""
+    from avpretrain import audio
+
+    lms = audio.normalize(audio.log_mel(batch["audio"]), *(norm_stats or (audio.M2D_NORM_MEAN, audio.M2D_NORM_STD)))
+    return {"audio": encoder.encode(lms[:, None])[:, 1:]}
 
 
 BACKBONES = {
@@ -77,6 +103,11 @@ BACKBONES = {
         modalities=lambda enc: tuple(m for m in vq_mae_av_lib.MODALITIES
                                      if m in tuple(enc.model.get("modalities", vq_mae_av_lib.MODALITIES))),
         params=_vq_params),
+    # M2D (audio): waveform windows of the pretraining crop length; the log-mel statistics of the
+    # export (config.encoder.norm_stats, copied by ``prepare``).
+    "m2d": Backbone(
+        create=_m2d_create, inputs=_m2d_inputs, tokens=_m2d_tokens, width=lambda enc: int(_m2d_kwargs(enc)["width"]),
+        modalities=lambda enc: ("audio",), params=lambda enc: ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")),
 }
 
 
@@ -100,7 +131,7 @@ class Classifier(nnx.Module):
         """``optim.lr_mult`` groups: "encoder" (the pretrained part) and "head"."""
         return "encoder" if str(path[0]) == "encoder" else "head"
 
-    def __init__(self, *, encoder, backbone: str, modalities, width: int, num_classes: int,
+    def __init__(self, *, encoder, backbone: str, modalities, width: int, num_classes: int, norm_stats=(),
                  head: str = "attention", num_heads: int = 4, num_queries: int = 4, head_depth: int = 1,
                  mlp_ratio: float = 2.0, dropout: float = 0.1, label_smoothing: float = 0.0,
                  focal_gamma: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -112,6 +143,7 @@ class Classifier(nnx.Module):
             raise ValueError(f"model.dropout={dropout} and model.label_smoothing={label_smoothing} must be in [0, 1), "
                              f"model.focal_gamma={focal_gamma} >= 0")
         self.encoder, self.backbone = encoder, str(backbone)  # a BACKBONES name (static)
+        self.norm_stats = tuple(float(v) for v in norm_stats)  # the encoder's input statistics, if it has any
         self.modalities, self.head_kind, self.num_classes = tuple(modalities), head, int(num_classes)
         self.dropout, self.label_smoothing, self.focal_gamma = float(dropout), float(label_smoothing), float(focal_gamma)
         if head == "attention":
@@ -127,7 +159,7 @@ class Classifier(nnx.Module):
 
     def features(self, batch):
         """The head's input [B, F] (before dropout)."""
-        tokens = BACKBONES[self.backbone].tokens(self.encoder, batch, self.modalities)
+        tokens = BACKBONES[self.backbone].tokens(self.encoder, batch, self.modalities, self.norm_stats)
         if self.head_kind == "attention":
             x = jnp.concatenate([self.pools[m](tokens[m]) for m in self.modalities], axis=-1)
         else:
@@ -170,7 +202,8 @@ def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
     if not mods or any(x not in known for x in mods):
         raise ValueError(f"model.modalities={mods!r}: the {config.encoder.method} encoder has {known}")
     return Classifier(encoder=bb.create(config.encoder, rngs), backbone=str(config.encoder.method), modalities=mods,
-                      width=bb.width(config.encoder), num_classes=int(m.num_classes), head=str(m.head),
+                      width=bb.width(config.encoder), num_classes=int(m.num_classes),
+                      norm_stats=tuple(config.encoder.get("norm_stats", ())), head=str(m.head),
                       num_heads=int(m.num_heads), num_queries=int(m.num_queries), head_depth=int(m.head_depth),
                       mlp_ratio=float(m.mlp_ratio), dropout=float(m.dropout),
                       label_smoothing=float(m.label_smoothing), focal_gamma=float(m.focal_gamma),
@@ -202,6 +235,16 @@ def source_config(path) -> dict:
     raise FileNotFoundError(f"config.init.path={path}: neither an export nor a training workdir")
 
 
+def _source_norm_stats(path):
+    """The log-mel statistics of an export or workdir (None when it has none)."""
+    from avpretrain import workdir as workdir_lib
+
+    if workdir_lib.kind(path) == "export":
+        return workdir_lib.export_meta(path).get("norm_stats")
+    cfg = workdir_lib.training_config(path)
+    return workdir_lib.stored_norm_stats(cfg, path) if cfg is not None else None
+
+
 def prepare(config) -> None:
     """Fills ``config.encoder`` from ``config.init.path`` and the classes from the dataset."""
     import ml_collections
@@ -215,9 +258,14 @@ def prepare(config) -> None:
             raise ValueError(f"config.init.path={config.init.path} is a {src.get('method')!r} model; the classifier "
                              f"fine-tunes {sorted(BACKBONES)} encoders")
         metrics_lib.log(f"encoder: {src['method']} architecture of {config.init.path}")
+        stats = _source_norm_stats(config.init.path)
+        if src.get("data", {}).get("sample_rate", config.data.sample_rate) != config.data.sample_rate:
+            raise ValueError(f"config.init.path={config.init.path} was trained at {src['data']['sample_rate']} Hz, "
+                             f"config.data.sample_rate is {config.data.sample_rate}")
         with config.unlocked():
             config.encoder.method = src["method"]
             config.encoder.model = ml_collections.ConfigDict(src["model"])
+            config.encoder.norm_stats = tuple(stats or ())
     names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
     if config.model.num_classes and int(config.model.num_classes) != len(names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} has "
