@@ -84,8 +84,8 @@ class Validator:
                              f"devices and {jax.process_count()} processes")
         self.src = folds.split_source(config.data, config.eval.split)  # a missing split fails here, before training
         self.class_names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
-        self.inputs = method_lib.of(config).inputs(config)
         method = method_lib.of(config)
+        self.inputs = method.inputs(config)
         self.batch_sharding = batch_sharding
         self.norm_stats = norm_stats
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

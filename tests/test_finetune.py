@@ -336,3 +336,10 @@ def test_eval_windows_of_a_waveform():
     assert [round(float(w["audio"][0]) * 32768) for w in windows] == [0, 100, 150]
     short = crop.eval_windows({"audio": wave[:40]})
     assert len(short) == 1 and np.count_nonzero(short[0]["audio"][40:]) == 0
+
+
+def test_kfold_refuses_a_dataset_without_the_inputs_before_making_folds(data_dir, tmp_path, capsys):
+    assert cli.main(["kfold", f"--config={CONFIG}", "--folds=3", f"--workdir={tmp_path / 'k'}",
+                     f"--config.data.dir={data_dir}"]) == 2
+    assert "codes need a token dataset" in capsys.readouterr().err
+    assert not (tmp_path / "k" / "folds.json").exists()

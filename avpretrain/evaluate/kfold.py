@@ -41,6 +41,13 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
     if any(o.split("=")[0] in ("data.folds", "data.fold") for o in overrides):
         raise ValueError("kfold sets config.data.folds and config.data.fold itself; do not override them")
     data_dir = str(base.data.dir)
+    from avpretrain import method as method_lib
+    from avpretrain.data import pipeline
+
+    method = method_lib.of(base)
+    if method.prepare:  # e.g. the encoder of init.path: what the runs will read
+        method.prepare(base)
+    pipeline.training_source(base, method.inputs(base))  # a dataset without those fields: refused before the folds
     job = {"config": config_spec, "overrides": sorted(overrides), "folds": None if loso else int(num_folds),
            "loso": bool(loso), "by": by, "seed": int(seed), "data": data_dir}
     job_path, folds_path = workdir / JOB_NAME, workdir / FOLDS_NAME

@@ -47,7 +47,6 @@ class Backbone:
     width: Callable        # (encoder ConfigDict) -> D
     modalities: Callable   # (encoder ConfigDict) -> the modalities the encoder knows
     params: Callable       # (encoder ConfigDict) -> its top-level attributes (loaded from init.path)
-    frontend: tuple = ()
 
 
 def _vq_kwargs(enc):
