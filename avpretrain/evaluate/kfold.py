@@ -15,8 +15,8 @@ import pathlib
 
 import numpy as np
 
-from avpretrain import config as config_lib, metrics as metrics_lib
-from avpretrain.data import folds as folds_lib, jobs
+from avpretrain import config as config_lib, method as method_lib, metrics as metrics_lib
+from avpretrain.data import folds as folds_lib, jobs, pipeline
 
 JOB_NAME, FOLDS_NAME, RESULT_NAME, SUMMARY_NAME = "kfold_job.json", "folds.json", "result.json", "kfold.json"
 
@@ -41,9 +41,6 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
     if any(o.split("=")[0] in ("data.folds", "data.fold") for o in overrides):
         raise ValueError("kfold sets config.data.folds and config.data.fold itself; do not override them")
     data_dir = str(base.data.dir)
-    from avpretrain import method as method_lib
-    from avpretrain.data import pipeline
-
     method = method_lib.of(base)
     if method.prepare:  # e.g. the encoder of init.path: what the runs will read
         method.prepare(base)
@@ -97,10 +94,10 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
     summary = classify.summarize_folds(results) | {"class_names": folds["class_names"], "per_fold": [
         {k: r[k] for k in ("fold", "accuracy", "uar", "macro_f1", "weighted_f1", "num_examples", "speakers")}
         for r in results]}
-    summary["confusion"] = [[sum(r["confusion"][a][b] for r in results) for b in range(len(results[0]["confusion"]))]
-                            for a in range(len(results[0]["confusion"]))]
+    pooled = np.sum([r["confusion"] for r in results], axis=0)
+    summary["confusion"] = pooled.tolist()
     jobs.write_json(workdir / SUMMARY_NAME, summary)
-    png = classify.confusion_png(np.asarray(summary["confusion"]), folds["class_names"],
+    png = classify.confusion_png(pooled, folds["class_names"],
                                  workdir / "confusion-all-folds.png", title=f"{K} folds, test predictions pooled")
     metrics_lib.log(f"pooled confusion matrix: {png}")
     summary["line"] = classify.format_kfold_line(summary)
