@@ -133,3 +133,12 @@ def test_log_mel_batch_sharded_over_devices():
     lms_BNT = jax.jit(audio.log_mel)(y_BS)
     assert lms_BNT.sharding.is_equivalent_to(batch_sharding, lms_BNT.ndim)
     np.testing.assert_allclose(np.asarray(lms_BNT), np.asarray(audio.log_mel(y_BS)), atol=1e-4)
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", [(16000, 400, 80, 50.0, 8000.0), (16000, 1024, 64, 0.0, 8000.0),
+                                                       (22050, 2048, 128, 20.0, 11025.0), (48000, 960, 96, 0.0, 14000.0)])
+def test_mel_filterbank_is_librosas(sr, n_fft, n_mels, fmin, fmax):
+    """The numpy Slaney filterbank is librosa.filters.mel's array, bit for bit (the scale's linear
+    and log parts, the Slaney area normalisation, float32 rows)."""
+    expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
+    np.testing.assert_array_equal(audio._mel_filterbank(sr, n_fft, n_mels, fmin, fmax), expected.T)

@@ -144,3 +144,41 @@ def test_paths_import_only_what_they_need():
     assert _python("import avpretrain.cli, avpretrain.bench, avpretrain.train; " + probe) == "[]"
     assert _python("import avpretrain.export; " + probe) == "['orbax.checkpoint']"
     assert _python("import avpretrain.evaluate.downstream; " + probe) == "['orbax.checkpoint', 'tensorflow_datasets']"
+
+
+def test_start_up_work_imports_no_torch_and_no_librosa_filters(tmp_path):
+    """The trainer's metric writer (tensorboardX) and the log-mel front end's filterbank used to import
+    torch (~2.3 s) and librosa's filters (scipy.signal, numba: ~1.5 s) on every start."""
+    probe = "import sys; print(sorted(m for m in ('torch', 'librosa.filters', 'numba', 'scipy.signal') if m in sys.modules))"
+    code = (f"from avpretrain import metrics, audio; w = metrics.MetricWriter({str(tmp_path)!r}, 10); "
+            "w.write(1, {'loss': 1.0}); w.close(); audio._mel_filterbank(16000, 400, 80, 50.0, 8000.0); " + probe)
+    assert _python(code).splitlines()[-1] == "[]"
+    assert (tmp_path / "tensorboard").is_dir() and list((tmp_path / "tensorboard").iterdir())
+
+
+def test_a_stack_of_blocks_is_traced_once():
+    """apply_blocks runs every block through one jitted function: 12 blocks are traced at most twice
+    (the stack's input may carry another abstract mesh than a block's output, a second cache key),
+    and the result is the written-out stack's."""
+    mesh = sharding.make_mesh(sharding.DEFAULT_MESH)
+    with sharding.mesh_rules(mesh, sharding.DEFAULT_RULES):
+        stack = vit.blocks(12, 40, 4, 2.0, nnx.Rngs(0))  # a width and length no other test uses
+    x = jax.random.normal(jax.random.key(1), (2, 7, 40))
+    traces = []
+    real = vit.Block.__call__
+
+    def counting(self, x, valid_BN=None):
+        traces.append(1)
+        return real(self, x, valid_BN)
+
+    vit.Block.__call__ = counting
+    try:
+        got = jax.jit(lambda s, x: vit.apply_blocks(s, x))(stack, x)
+        traces_stacked = len(traces)
+        want = x
+        for block in stack:
+            want = real(block, want)
+    finally:
+        vit.Block.__call__ = real
+    assert 1 <= traces_stacked <= 2
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
