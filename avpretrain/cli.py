@@ -125,6 +125,7 @@ def cmd_export(args, overrides):
 
 
 AV_BUILDERS = ("av_folder", "ravdess", "ravdess_audio", "crema_d")  # data_pipelines.<name>.build(source, out, ...)
+EMOTION_BUILDERS = ("msp_podcast", "iemocap", "esd")  # the emotion contract (data_pipelines.emotion)
 
 
 def cmd_data_build(args, overrides):
@@ -150,6 +151,8 @@ def cmd_data_build(args, overrides):
             kwargs["max_no_face_fraction"] = args.max_no_face_fraction
         if args.name == "av_folder":
             kwargs["require_audio"] = not args.audio_optional
+        if args.name == "iemocap":
+            kwargs["classes"] = args.classes
         module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
                      allow_outside_source=args.allow_outside_source, **kwargs)
 
@@ -348,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
-    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", *AV_BUILDERS])
+    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", *AV_BUILDERS,
+                                    *EMOTION_BUILDERS])
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
     b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
                    "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
@@ -362,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use listed audio paths that lead outside --source (refused by default)")
     b.add_argument("--max-no-face-fraction", type=float, default=0.5,
                    help="av_folder/ravdess/crema_d: skip a video with no face found in more than this share of frames")
+    b.add_argument("--classes", choices=("all", "four"), default="all",
+                   help="iemocap: every category, or the usual four (neutral, happy incl. excited, sad, angry)")
     b.add_argument("--audio-optional", action="store_true",
                    help="av_folder: keep videos without an audio stream (video-only examples)")
     b.set_defaults(func=cmd_data_build)

@@ -54,6 +54,10 @@ class Entry:
     speaker: str = ''
     captions: tuple[str, ...] = ()
     split: str | None = None  # from the manifest; None: assigned by the seeded split
+    # Emotion corpora (data_pipelines.emotion): (arousal, valence, dominance), None when unrated,
+    # the transcript ('' when none).
+    dims: tuple[float, float, float] | None = None
+    transcript: str = ''
     # Where the entry was listed, e.g. 'SOURCE/manifest.csv, row 3' (for error messages).
     listed_at: str = dataclasses.field(default='', compare=False)
 
@@ -334,7 +338,7 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
         )
         by_split = {s: [] for s in common.SPLITS}
         for (i, entry), split in zip(usable, seeded):
-            by_split[entry.split or split].append((scratch / f'{i}.npy', entry))
+            by_split.setdefault(entry.split or split, []).append((scratch / f'{i}.npy', entry))
         return {s: self._generate_examples(items) for s, items in by_split.items() if items}
 
     def _generate_examples(self, items):

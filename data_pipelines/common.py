@@ -328,7 +328,9 @@ def prepare_dataset(
     report = BuildReport(
         dataset_dir=str(dataset_dir),
         sample_rate=int(builder.info.metadata['sample_rate']),
-        counts={s: splits[s].num_examples if s in splits else 0 for s in SPLITS},
+        # the three usual splits always (0 when empty: warned), then a corpus's own (MSP-Podcast's test2)
+        counts={s: splits[s].num_examples if s in splits else 0
+                for s in (*SPLITS, *sorted(set(splits) - set(SPLITS)))},
         skipped=printable_paths(builder.skipped),
         warnings=printable_paths(builder.warnings),
         seconds=time.perf_counter() - start,
