@@ -140,6 +140,11 @@ def cmd_data_build(args, overrides):
         from data_pipelines import demo_av
 
         demo_av.build(args.out, num_clips=args.num_clips or demo_av.DEFAULT_NUM_CLIPS, seed=args.seed)
+    elif args.name == "demo_emotion":
+        from data_pipelines import demo_emotion
+
+        demo_emotion.build(args.out, corpus=args.corpus, num_clips=args.num_clips or demo_emotion.DEFAULT_NUM_CLIPS,
+                           seed=args.seed)
     else:
         if not args.source:
             raise ValueError(f"data build {args.name} needs --source DIR")
@@ -351,14 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
-    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", *AV_BUILDERS,
-                                    *EMOTION_BUILDERS])
+    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", "demo_emotion",
+                                    *AV_BUILDERS, *EMOTION_BUILDERS])
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
     b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
                    "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
     b.add_argument("--sample-rate", type=positive_int, default=16000, help="stored sample rate (Hz)")
     b.add_argument("--seed", type=int, default=0, help="seed of the demo corpus / of the 80/10/10 split")
-    b.add_argument("--num-clips", type=positive_int, help="demo / demo_av: number of clips (default 2400 / 1600)")
+    b.add_argument("--num-clips", type=positive_int, help="demo / demo_av / demo_emotion: number of clips (default 2400 / 1600 / 600)")
     b.add_argument("--num-captions", type=non_negative_int, default=3, help="demo: captions per clip")
     b.add_argument("--min-seconds", type=float, default=0.5,
                    help="audio_folder/audiocaps/clotho: shorter files are skipped")
@@ -366,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use listed audio paths that lead outside --source (refused by default)")
     b.add_argument("--max-no-face-fraction", type=float, default=0.5,
                    help="av_folder/ravdess/crema_d: skip a video with no face found in more than this share of frames")
+    b.add_argument("--corpus", choices=("studio", "phone", "room"), default="studio",
+                   help="demo_emotion: which of its corpora (speakers, sentences, labels, channel differ)")
     b.add_argument("--classes", choices=("all", "four"), default="all",
                    help="iemocap: every category, or the usual four (neutral, happy incl. excited, sad, angry)")
     b.add_argument("--audio-optional", action="store_true",

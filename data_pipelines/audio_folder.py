@@ -54,12 +54,12 @@ class Entry:
     speaker: str = ''
     captions: tuple[str, ...] = ()
     split: str | None = None  # from the manifest; None: assigned by the seeded split
+    # Where the entry was listed, e.g. 'SOURCE/manifest.csv, row 3' (for error messages).
+    listed_at: str = dataclasses.field(default='', compare=False)
     # Emotion corpora (data_pipelines.emotion): (arousal, valence, dominance), None when unrated,
     # the transcript ('' when none).
     dims: tuple[float, float, float] | None = None
     transcript: str = ''
-    # Where the entry was listed, e.g. 'SOURCE/manifest.csv, row 3' (for error messages).
-    listed_at: str = dataclasses.field(default='', compare=False)
 
 
 def list_class_folders(
