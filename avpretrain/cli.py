@@ -11,6 +11,7 @@
   avpretrain eval zero-shot --model=E --data=DATA [--template "{label} can be heard"]
   avpretrain eval retrieval --model=E --data=DATA
   avpretrain eval classify --model=E --data=TOKENS [--split test] [--json-out F]
+  avpretrain eval regress --model=E --data=EMOTION_DATA [--split test] [--json-out F]
   avpretrain kfold --config=configs/finetune.py --folds 5 --by speaker --workdir=W --config.init.path=E \
       --config.data.dir=TOKENS [--loso]
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
@@ -249,6 +250,19 @@ def cmd_eval_linear_probe(args, overrides):
     print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
 
 
+def cmd_eval_regress(args, overrides):
+    from avpretrain.evaluate import supervised
+
+    result = supervised.regress(args.model, args.data, split=args.split, batch_size=args.batch_size)
+    _write_json(args.json_out, result)
+    dims = result["dimensions"]
+    print(f"{args.data} split {args.split}: {result['clips']} clips")
+    for d in dims:
+        print(f"  {d:10s} ccc={result[f'ccc_{d}']:.4f} pearson={result[f'pearson_{d}']:.4f} "
+              f"mse={result[f'mse_{d}']:.4f} (n={result[f'n_{d}']})")
+    print("regress ccc " + " ".join(f"{d}={result[f'ccc_{d}']:.4f}" for d in dims))
+
+
 def cmd_eval_classify(args, overrides):
     from avpretrain.evaluate import classify, supervised
 
@@ -435,6 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--png", help="confusion-matrix PNG (default: <model>/eval/confusion-<split>.png)")
     cl.add_argument("--json-out", help="write the figures (per class, confusion matrix) as JSON")
     cl.set_defaults(func=cmd_eval_classify)
+    rg = v.add_parser("regress", help="a fine-tuned regression model (configs/finetune.py:task=regress) on a split: "
+                      "CCC, Pearson and MSE per rated dimension")
+    rg.add_argument("--model", required=True, help="an export of a task=regress fine-tuning run")
+    rg.add_argument("--data", required=True, help="an emotion corpus (data_pipelines/emotion.py) with the model's inputs")
+    rg.add_argument("--split", default="test")
+    rg.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call")
+    rg.add_argument("--json-out", help="write the figures as JSON")
+    rg.set_defaults(func=cmd_eval_regress)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
     zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
     rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")

@@ -25,7 +25,14 @@ from avpretrain.data import jobs
 
 SELECTED_NAME = "selected.json"
 BEST_NAME = "best"
-METRICS = {"accuracy": "max", "uar": "max", "macro_f1": "max", "weighted_f1": "max", "loss": "min"}
+METRICS = {"accuracy": "max", "uar": "max", "macro_f1": "max", "weighted_f1": "max", "ccc": "max", "loss": "min"}
+# what each task can select by (regression: the mean CCC over the rated dimensions)
+TASK_METRICS = {"classify": ("accuracy", "uar", "macro_f1", "weighted_f1", "loss"), "regress": ("ccc", "loss")}
+
+
+def task(config) -> str:
+    """"classify" or "regress" (``config.model.task`` of the classifier method; classify otherwise)."""
+    return str(config.get("model", {}).get("task", "classify"))
 
 
 def selected(workdir) -> dict | None:
@@ -55,6 +62,9 @@ def check_config(config) -> None:
                          "'validation' (or a fold's validation speakers)")
     if e.metric not in METRICS:
         raise ValueError(f"config.eval.metric={e.metric!r}: choose one of {sorted(METRICS)}")
+    if e.metric not in TASK_METRICS.get(task(config), METRICS):
+        raise ValueError(f"config.eval.metric={e.metric!r} does not score model.task={task(config)!r}: choose one of "
+                         f"{TASK_METRICS[task(config)]}")
     if method_lib.of(config).predict is None:
         raise ValueError(f"config.eval_every={config.eval_every}: method {config.method!r} has no validation "
                          "(Method.predict); set --config.eval_every=0")
@@ -83,7 +93,10 @@ class Validator:
             raise ValueError(f"config.eval.batch_size={self.batch_size} is not divisible by the {dp} data-parallel "
                              f"devices and {jax.process_count()} processes")
         self.src = folds.split_source(config.data, config.eval.split)  # a missing split fails here, before training
-        self.class_names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
+        self.task = task(config)
+        self.targets = tuple(config.model.dimensions) if self.task == "regress" else None
+        self.class_names = (None if self.targets else
+                            list(source_lib.open_builder(config.data.dir).info.features["label"].names))
         method = method_lib.of(config)
         self.inputs = method.inputs(config)
         self.batch_sharding = batch_sharding
@@ -157,10 +170,14 @@ class Validator:
 
         predicted = supervised.predict_source(self.src, self.inputs, self._predict_fn(state),
                                               batch_size=self.batch_size, class_names=self.class_names,
-                                              what=f"validation split {self.config.eval.split!r}")
-        result = supervised.scores(predicted, self.class_names)
-        entry = {"step": int(step), **{k: float(result[k]) for k in ("loss", "accuracy", "uar", "macro_f1",
-                                                                     "weighted_f1")}}
+                                              targets=self.targets, what=f"validation split {self.config.eval.split!r}")
+        if self.targets:
+            result = supervised.regression_scores(predicted, self.targets)
+            keys = ("loss", "ccc", *(f"ccc_{d}" for d in self.targets))
+        else:
+            result = supervised.scores(predicted, self.class_names)
+            keys = ("loss", "accuracy", "uar", "macro_f1", "weighted_f1")
+        entry = {"step": int(step), **{k: float(result[k]) for k in keys}}
         improved = _better(self.metric, entry, self.best)
         if improved:
             entry["path"] = f"{BEST_NAME}/step-{step:07d}"
@@ -171,8 +188,9 @@ class Validator:
         since = sum(1 for h in self.history if h["step"] > self.best["step"])
         if self.patience and since >= self.patience:
             self.record["stopped_early_at"] = int(step)
-        metrics_lib.log(f"validation at step {step}: {self.metric}={entry[self.metric]:.4f} accuracy="
-                        f"{entry['accuracy']:.4f} loss={entry['loss']:.4f}"
+        shown = ("accuracy", "loss") if not self.targets else tuple(f"ccc_{d}" for d in self.targets) + ("loss",)
+        metrics_lib.log(f"validation at step {step}: {self.metric}={entry[self.metric]:.4f} "
+                        + " ".join(f"{k}={entry[k]:.4f}" for k in shown if k != self.metric)
                         + (" (best so far)" if improved else f" (best {self.best[self.metric]:.4f} at step "
                            f"{self.best['step']}; {since} without improvement)"))
         return entry
@@ -204,6 +222,7 @@ def summary(workdir) -> str:
     if not sel or not sel.get("selected"):
         return "no validation"
     b = sel["selected"]
+    other = "accuracy" if "accuracy" in b else "loss"  # classification / regression records
     return (f"selected step {b['step']} by validation {sel['metric']}={b[sel['metric']]:.4f} "
-            f"(accuracy={b['accuracy']:.4f}, {len(sel['history'])} evaluations"
+            f"({other}={b[other]:.4f}, {len(sel['history'])} evaluations"
             + (f", stopped early at step {sel['stopped_early_at']})" if sel.get("stopped_early_at") else ")"))

@@ -19,8 +19,16 @@ Speaker-independent k-fold (each fold a run of this config in ``$W/fold-<i>``)::
   avpretrain kfold --config=configs/finetune.py --folds=5 --by=speaker --workdir=$W \\
       --config.init.path=$VQ_MAE_AV_EXPORT --config.data.dir=$TOKENS
 
+Dimensional emotion (arousal / valence / dominance of an emotion corpus, CCC loss, validation on
+the mean CCC) over an M2D export::
+
+  avpretrain train --config=configs/finetune.py:modalities=audio,task=regress \
+      --config.init.path=$M2D_EXPORT --config.data.dir=$EMOTION_CORPUS --workdir=$RUN
+  avpretrain export --workdir=$RUN --out=$MODEL
+  avpretrain eval regress --model=$MODEL --data=$EMOTION_CORPUS --split=test
+
 Config arguments: ``modalities=av|audio|video`` (the inputs; the encoder keeps its own),
-``head=attention|query``, ``runlocal`` (a tiny run and the runlocal encoder).
+``head=attention|query``, ``task=classify|regress``, ``runlocal`` (a tiny run and the runlocal encoder).
 """
 import ml_collections
 
@@ -32,7 +40,9 @@ MODALITIES = {"av": ("video", "audio"), "audio": ("audio",), "video": ("video",)
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, modalities="av", head="attention")
+    arg = parse_arg(arg, runlocal=False, modalities="av", head="attention", task="classify")
+    if arg.task not in ("classify", "regress"):
+        raise ValueError(f"configs/finetune.py: unknown task {arg.task!r}; choose classify or regress")
     if arg.modalities not in MODALITIES:
         raise ValueError(f"configs/finetune.py: unknown modalities {arg.modalities!r}; choose one of {sorted(MODALITIES)}")
     c = base_config()
@@ -64,6 +74,12 @@ def get_config(arg=None):
     c.model.dropout = 0.1                # on the head's input features
     c.model.label_smoothing = 0.1
     c.model.focal_gamma = 0.0            # > 0: focal loss (1 − p)^γ · CE
+    # task=regress: predict an emotion corpus's ratings (data_pipelines/emotion.py) instead of its label
+    c.model.task = arg.task              # classify | regress
+    c.model.dimensions = ("arousal", "valence", "dominance")   # regress: the rating fields predicted
+    c.model.regression_loss = "ccc"      # regress: ccc (1 − mean CCC) | ccc+mse
+    if arg.task == "regress":
+        c.eval.metric = "ccc"            # mean CCC over the dimensions on the validation split
 
     c.init.params = ()                   # (): the whole encoder of init.path
     c.optim.base_lr = 4e-3               # per 256: the head's peak lr = 4e-3 · 64 / 256 = 1e-3

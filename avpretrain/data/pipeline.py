@@ -24,11 +24,17 @@ FIELDS = {
     "video": "uint8 [T, H, W, 3]: the face frames of the same window (T·640 = S when both are read)",
     "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random",
     "label": "int32 []: the class index",
+    # emotion corpora (data_pipelines.emotion): ratings on the corpus's scale, NaN when unrated
+    "arousal": "float32 []: the clip's arousal rating",
+    "valence": "float32 []: the clip's valence rating",
+    "dominance": "float32 []: the clip's dominance rating",
     # from a token dataset (`avpretrain data tokenize`): the code grids of one window of T video frames
     "audio_codes": "int32 [2T, 64]: audio code frames (50/s) of the window, frames [2f, 2f + 2T)",
     "video_codes": "int32 [T, 24, 24]: video code frames (25/s) of the window, frames [f, f + T)",
 }
 CODE_FIELDS = ("audio_codes", "video_codes")
+DIMENSION_FIELDS = ("arousal", "valence", "dominance")
+TARGET_FIELDS = ("label", *DIMENSION_FIELDS)  # what a supervised model learns from, not what it reads
 AUDIO_CODE_FRAMES_PER_VIDEO_FRAME = 2  # 20 ms audio code frames, 40 ms video frames
 
 
@@ -107,7 +113,7 @@ class Crop:
         """Every window an evaluation reads of one example: consecutive windows of the training length
         from the start, the last one ending at the clip's end (so it may overlap the one before); a
         clip no longer than a window gives one (codes repeated, audio zero-padded, as in training).
-        Token inputs or a waveform alone; fields without ``label``."""
+        Token inputs or a waveform alone; fields without ``label`` and the ratings."""
         if self.codes:
             size, length = self.code_window, self._code_frames(element)
         elif self.samples is not None and self.frames is None:
@@ -151,6 +157,9 @@ class Crop:
             out["text_emb"] = np.asarray(captions[rng.integers(len(captions))])
         if "label" in self.fields:
             out["label"] = np.int32(element["label"])
+        for name in DIMENSION_FIELDS:
+            if name in self.fields:
+                out[name] = np.float32(element[name])
         return {k: out[k] for k in self.fields}
 
 

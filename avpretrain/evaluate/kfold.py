@@ -40,6 +40,9 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
                          "must validate (set --config.eval_every=N)")
     if any(o.split("=")[0] in ("data.folds", "data.fold") for o in overrides):
         raise ValueError("kfold sets config.data.folds and config.data.fold itself; do not override them")
+    if validation.task(base) != "classify":
+        raise ValueError(f"{config_spec}: kfold scores classifiers (accuracy, UAR, F1); model.task="
+                         f"{validation.task(base)!r} is not supported by kfold yet: train and `eval regress` per split")
     data_dir = str(base.data.dir)
     method = method_lib.of(base)
     if method.prepare:  # e.g. the encoder of init.path: what the runs will read

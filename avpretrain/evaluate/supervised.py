@@ -1,4 +1,5 @@
-"""Classification over a whole split: every window of every clip → class probabilities averaged per clip.
+"""Classification and regression over a whole split: every window of every clip → class
+probabilities (or predicted ratings) averaged per clip.
 
 Shared by validation during training (``avpretrain/validation.py``), ``avpretrain eval classify``
 and ``avpretrain kfold``. A clip is read once; its evaluation windows (``Crop.eval_windows``:
@@ -16,17 +17,23 @@ import numpy as np
 from avpretrain.data import pipeline
 
 
-def predict_source(src, inputs: dict, predict, *, batch_size: int, class_names, what: str) -> dict:
-    """Clip-level class probabilities of every record of ``src``.
+def predict_source(src, inputs: dict, predict, *, batch_size: int, class_names=None, targets=None,
+                   what: str) -> dict:
+    """Clip-level predictions of every record of ``src``: class probabilities (``class_names``) or
+    ratings (``targets``: the rating fields, e.g. ("arousal", "valence", "dominance")).
 
-    ``inputs``: the model's batch fields (``label`` is ignored); ``predict(batch)``: numpy batch
-    of ``batch_size`` windows → logits [batch_size, C]. Returns ``probs`` [N, C] float64, ``labels``
-    [N] int and ``ids``. A label outside [0, C) is a ValueError naming it and its record.
+    ``inputs``: the model's batch fields (``pipeline.TARGET_FIELDS`` are ignored); ``predict(batch)``:
+    numpy batch of ``batch_size`` windows → [batch_size, C] (logits, or ratings). Returns ``probs``
+    [N, C] float64 and ``labels`` [N] int (classification; a label outside [0, C) is a ValueError
+    naming it and its record), or ``preds`` [N, D] and ``targets`` [N, D] (NaN: unrated); and ``ids``.
     """
-    crop = pipeline.Crop({k: v for k, v in inputs.items() if k != "label"})
-    C, N = len(class_names), len(src)
+    if (class_names is None) == (targets is None):
+        raise ValueError("predict_source: give class_names (classification) or targets (regression)")
+    crop = pipeline.Crop({k: v for k, v in inputs.items() if k not in pipeline.TARGET_FIELDS})
+    names = list(class_names if class_names is not None else targets)
+    C, N = len(names), len(src)
     sums, counts = np.zeros((N, C)), np.zeros(N)
-    labels, ids = np.zeros(N, np.int64), []
+    labels, truth, ids = np.zeros(N, np.int64), np.full((N, C), np.nan), []
     rows, owners = [], []
 
     def flush():
@@ -34,24 +41,30 @@ def predict_source(src, inputs: dict, predict, *, batch_size: int, class_names, 
             return
         n = len(rows)
         batch = {k: np.stack([r[k] for r in rows] + [rows[-1][k]] * (batch_size - n)) for k in rows[0]}
-        logits = np.asarray(predict(batch), np.float64)[:n]
-        if logits.shape[1] != C:
-            raise ValueError(f"{what}: the model predicts {logits.shape[1]} classes, the data has {C} {list(class_names)}")
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        np.add.at(sums, owners, p / p.sum(1, keepdims=True))
+        out = np.asarray(predict(batch), np.float64)[:n]
+        if out.shape[1] != C:
+            kind = "classes" if class_names is not None else "ratings"
+            raise ValueError(f"{what}: the model predicts {out.shape[1]} {kind}, the data has {C} {names}")
+        if class_names is not None:
+            p = np.exp(out - out.max(1, keepdims=True))
+            out = p / p.sum(1, keepdims=True)
+        np.add.at(sums, owners, out)
         np.add.at(counts, owners, 1)
         rows.clear()
         owners.clear()
 
     for i in range(N):
         example = src[i]
-        label = int(example["label"])
         ident = example.get("id", b"")
         ident = ident.decode() if isinstance(ident, bytes) else str(ident)
-        if not 0 <= label < C:
-            raise ValueError(f"{what}: label {label} of record {i} (id {ident!r}) is outside the model's {C} classes "
-                             f"{list(class_names)}")
-        labels[i] = label
+        if class_names is not None:
+            label = int(example["label"])
+            if not 0 <= label < C:
+                raise ValueError(f"{what}: label {label} of record {i} (id {ident!r}) is outside the model's {C} "
+                                 f"classes {names}")
+            labels[i] = label
+        else:
+            truth[i] = [float(example[t]) for t in targets]
         ids.append(ident)
         for window in crop.eval_windows(example):
             rows.append(window)
@@ -59,7 +72,36 @@ def predict_source(src, inputs: dict, predict, *, batch_size: int, class_names, 
             if len(rows) == batch_size:
                 flush()
     flush()
-    return {"probs": sums / np.maximum(counts, 1)[:, None], "labels": labels, "ids": ids}
+    mean = sums / np.maximum(counts, 1)[:, None]
+    if class_names is not None:
+        return {"probs": mean, "labels": labels, "ids": ids}
+    return {"preds": mean, "targets": truth, "ids": ids}
+
+
+def concordance(pred, target) -> float:
+    """Lin's concordance correlation coefficient of two 1-d arrays (population moments)."""
+    mp, mt = pred.mean(), target.mean()
+    cov = np.mean((pred - mp) * (target - mt))
+    return float(2 * cov / (pred.var() + target.var() + (mp - mt) ** 2 + 1e-12))
+
+
+def regression_scores(predicted: dict, dimensions) -> dict:
+    """Per dimension over its rated clips: ``ccc_<d>``, ``pearson_<d>``, ``mse_<d>``, ``n_<d>``;
+    ``ccc`` their mean, ``loss`` = 1 − ``ccc`` (what validation's ``eval.metric=loss`` minimises)."""
+    preds, truth = predicted["preds"], predicted["targets"]
+    if not len(preds):
+        raise ValueError("nothing to evaluate: the split is empty")
+    result = {}
+    for j, d in enumerate(dimensions):
+        ok = np.isfinite(truth[:, j])
+        if ok.sum() < 2:
+            raise ValueError(f"{d}: {int(ok.sum())} rated clip(s) in this split; a CCC needs at least 2")
+        p, t = preds[ok, j], truth[ok, j]
+        result |= {f"ccc_{d}": concordance(p, t), f"mse_{d}": float(np.mean((p - t) ** 2)), f"n_{d}": int(ok.sum()),
+                   f"pearson_{d}": float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else 0.0}
+    result["ccc"] = float(np.mean([result[f"ccc_{d}"] for d in dimensions]))
+    result["loss"] = 1 - result["ccc"]
+    return result
 
 
 def scores(predicted: dict, class_names) -> dict:
@@ -90,7 +132,7 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
     from avpretrain.evaluate import classify as classify_lib
 
     model = export.load_pretrained(str(model_dir))
-    if not hasattr(model, "class_names"):
+    if getattr(model, "task", "classify") != "classify" or not hasattr(model, "class_names"):
         raise ValueError(f"{model_dir} is a {model.config.method!r} export, not a classifier: fine-tune one with "
                          "configs/finetune.py")
     names = list(source_lib.open_builder(data_dir).info.features["label"].names)
@@ -104,3 +146,25 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
     classify_lib.confusion_png(np.asarray(result["confusion"]), model.class_names, png,
                                title=title or f"{pathlib.Path(model_dir).name} on {split} (n={len(predicted['labels'])})")
     return result | {"model": str(model_dir), "data": str(data_dir), "split": split, "confusion_png": str(png)}
+
+
+def regress(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, folds_file: str = "",
+            fold: int = -1) -> dict:
+    """Evaluates an exported regression model (``configs/finetune.py:task=regress``) on ``split`` of
+    ``data_dir``: ``regression_scores`` per dimension over every window of every clip."""
+    from avpretrain import export
+    from avpretrain.data import folds, source as source_lib
+
+    model = export.load_pretrained(str(model_dir))
+    if getattr(model, "task", None) != "regress":
+        raise ValueError(f"{model_dir} is not a regression model (fine-tune one with configs/finetune.py:task=regress)")
+    features = source_lib.open_builder(data_dir).info.features
+    missing = [d for d in model.dimensions if d not in features]
+    if missing:
+        raise ValueError(f"{data_dir} has no {missing} ratings; the model predicts {model.dimensions}")
+    src = folds.split_source(data_config(data_dir, folds_file, fold), split)
+    predicted = predict_source(src, model.inputs, model.predict, batch_size=batch_size, targets=model.dimensions,
+                               what=f"{data_dir} split {split!r}")
+    return regression_scores(predicted, model.dimensions) | {
+        "model": str(model_dir), "data": str(data_dir), "split": split, "dimensions": list(model.dimensions),
+        "clips": len(predicted["ids"])}

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: a pretrained encoder + a classification head (``method="classifier"``).
+"""Supervised fine-tuning: a pretrained encoder + a classification or regression head (``method="classifier"``).
 
 The encoder is any registered backbone (``BACKBONES``; today the VQ-MAE-AV encoder over token
 datasets), built from the architecture of the run it is initialised from (``config.init.path``,
@@ -12,8 +12,11 @@ an export or a training workdir: ``prepare`` copies its method and model config 
   ``model.head_depth`` transformer blocks over both, the queries' outputs averaged → LayerNorm →
   dropout → linear (a small query transformer).
 
-Loss: cross-entropy with label smoothing (``model.label_smoothing``) and the focal factor
-``(1 − p)^γ`` (``model.focal_gamma``, 0: plain CE), averaged over the batch. The encoder is the
+Loss (``model.task="classify"``): cross-entropy with label smoothing (``model.label_smoothing``)
+and the focal factor ``(1 − p)^γ`` (``model.focal_gamma``, 0: plain CE), averaged over the batch.
+``model.task="regress"``: one output per ``model.dimensions`` (arousal, valence, dominance of an
+emotion corpus) and ``model.regression_loss`` "ccc" (1 − the batch's concordance correlation
+coefficient, averaged over the dimensions) or "ccc+mse"; unrated (NaN) targets are masked out. The encoder is the
 "encoder" parameter group: ``--config.optim.lr_mult.encoder=0`` freezes it, 0.1 trains it at a
 tenth of the head's learning rate. ``predict`` (eval mode, no dropout) gives the logits that
 validation (``eval_every``), ``avpretrain eval classify`` and ``avpretrain kfold`` use.
@@ -30,10 +33,13 @@ import numpy as np
 from flax import nnx
 
 from avpretrain import method
+from avpretrain.data import pipeline
 from avpretrain.models import vit
 from avpretrain.models import vq_mae_av as vq_mae_av_lib
 
 HEADS = ("attention", "query")
+TASKS = ("classify", "regress")
+REGRESSION_LOSSES = ("ccc", "ccc+mse")
 
 
 # -- backbones ----------------------------------------------------------------------------------
@@ -133,17 +139,25 @@ class Classifier(nnx.Module):
     def __init__(self, *, encoder, backbone: str, modalities, width: int, num_classes: int, norm_stats=(),
                  head: str = "attention", num_heads: int = 4, num_queries: int = 4, head_depth: int = 1,
                  mlp_ratio: float = 2.0, dropout: float = 0.1, label_smoothing: float = 0.0,
-                 focal_gamma: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+                 focal_gamma: float = 0.0, task: str = "classify", dimensions=(), regression_loss: str = "ccc",
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         if head not in HEADS:
             raise ValueError(f"model.head={head!r}: choose one of {HEADS}")
-        if num_classes < 2:
+        if task not in TASKS or regression_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"model.task={task!r} / model.regression_loss={regression_loss!r}: choose one of "
+                             f"{TASKS} / {REGRESSION_LOSSES}")
+        if task == "classify" and num_classes < 2:
             raise ValueError(f"model.num_classes={num_classes}: a classifier needs at least 2 classes")
+        if task == "regress" and not dimensions:
+            raise ValueError("model.dimensions is empty: regression needs the rating fields to predict")
         if not 0 <= dropout < 1 or not 0 <= label_smoothing < 1 or focal_gamma < 0:
             raise ValueError(f"model.dropout={dropout} and model.label_smoothing={label_smoothing} must be in [0, 1), "
                              f"model.focal_gamma={focal_gamma} >= 0")
         self.encoder, self.backbone = encoder, str(backbone)  # a BACKBONES name (static)
         self.norm_stats = tuple(float(v) for v in norm_stats)  # the encoder's input statistics, if it has any
         self.modalities, self.head_kind, self.num_classes = tuple(modalities), head, int(num_classes)
+        self.task, self.dimensions, self.regression_loss = task, tuple(dimensions), regression_loss
+        outputs = self.num_classes if task == "classify" else len(self.dimensions)
         self.dropout, self.label_smoothing, self.focal_gamma = float(dropout), float(label_smoothing), float(focal_gamma)
         if head == "attention":
             self.pools = nnx.Dict({m: vq_mae_av_lib.AttentionPool(width, num_heads, rngs, dtype) for m in self.modalities})
@@ -154,7 +168,7 @@ class Classifier(nnx.Module):
             self.head_blocks = vit.blocks(head_depth, width, num_heads, mlp_ratio, rngs, dtype)
             feat = width
         self.head_norm = vit.layer_norm(feat, rngs, dtype)
-        self.head = vit.dense(feat, self.num_classes, ("embed", None), rngs, dtype)
+        self.head = vit.dense(feat, outputs, ("embed", None), rngs, dtype)
 
     def features(self, batch):
         """The head's input [B, F] (before dropout)."""
@@ -169,7 +183,7 @@ class Classifier(nnx.Module):
         return self.head_norm(x)
 
     def predict(self, batch):
-        """Eval-mode logits, float32 [B, num_classes]."""
+        """Eval mode: logits float32 [B, num_classes], or the predicted ratings [B, len(dimensions)]."""
         return self.head(self.features(batch)).astype(jnp.float32)
 
     def loss(self, batch, rng):
@@ -178,6 +192,10 @@ class Classifier(nnx.Module):
             keep = jax.random.bernoulli(rng, 1 - self.dropout, x.shape)
             x = jnp.where(keep, x / (1 - self.dropout), 0).astype(x.dtype)
         logits = self.head(x).astype(jnp.float32)
+        if self.task == "regress":
+            targets = jnp.stack([batch[d].astype(jnp.float32) for d in self.dimensions], axis=-1)
+            loss, per_dim = regression_loss(logits, targets, self.regression_loss)
+            return loss, {"loss": loss, **{f"ccc_{d}": c for d, c in zip(self.dimensions, per_dim)}}
         labels = batch["label"].astype(jnp.int32)
         loss = classification_loss(logits, labels, self.num_classes, self.label_smoothing, self.focal_gamma)
         acc = (logits.argmax(-1) == labels).mean()
@@ -193,6 +211,29 @@ def classification_loss(logits_BC, labels_B, num_classes: int, label_smoothing: 
     return -(q * logp).sum(-1).mean()
 
 
+def concordance(pred_BD, target_BD, valid_BD):
+    """Lin's concordance correlation coefficient per dimension over the valid rows:
+    2·cov / (var_pred + var_target + (mean_pred − mean_target)²) [D]."""
+    w = valid_BD.astype(jnp.float32)
+    n = jnp.maximum(w.sum(0), 1.0)
+    t = jnp.where(valid_BD, target_BD, 0.0)
+    mp, mt = (pred_BD * w).sum(0) / n, (t * w).sum(0) / n
+    dp, dt = (pred_BD - mp) * w, (t - mt) * w
+    cov, vp, vt = (dp * dt).sum(0) / n, (dp * dp).sum(0) / n, (dt * dt).sum(0) / n
+    return 2 * cov / (vp + vt + (mp - mt) ** 2 + 1e-8)
+
+
+def regression_loss(pred_BD, target_BD, kind: str = "ccc"):
+    """(1 − mean CCC [+ the mean squared error], the CCC per dimension); NaN targets masked out."""
+    valid = jnp.isfinite(target_BD)
+    ccc = concordance(pred_BD, target_BD, valid)
+    loss = 1 - ccc.mean()
+    if kind == "ccc+mse":
+        err = jnp.where(valid, pred_BD - jnp.where(valid, target_BD, 0.0), 0.0)
+        loss = loss + (err ** 2).sum() / jnp.maximum(valid.sum(), 1)
+    return loss, ccc
+
+
 # -- the method ---------------------------------------------------------------------------------
 def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
     bb, m = backbone(config), config.model
@@ -206,12 +247,16 @@ def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
                       num_heads=int(m.num_heads), num_queries=int(m.num_queries), head_depth=int(m.head_depth),
                       mlp_ratio=float(m.mlp_ratio), dropout=float(m.dropout),
                       label_smoothing=float(m.label_smoothing), focal_gamma=float(m.focal_gamma),
-                      dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
+                      task=str(m.get("task", "classify")), dimensions=tuple(m.get("dimensions", ())),
+                      regression_loss=str(m.get("regression_loss", "ccc")), dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
 
 
 def inputs(config) -> dict:
-    return backbone(config).inputs(config.encoder, tuple(config.model.modalities)) | {
-        "label": method.Field((), "int32", int(config.model.num_classes) or None)}
+    fields = backbone(config).inputs(config.encoder, tuple(config.model.modalities))
+    if config.model.get("task", "classify") == "regress":
+        return fields | {d: method.Field((), "float32") for d in config.model.dimensions}
+    return fields | {"label": method.Field((), "int32", int(config.model.num_classes) or None)}
+
 
 
 def init_sources(config) -> list:
@@ -265,6 +310,9 @@ def prepare(config) -> None:
             config.encoder.method = src["method"]
             config.encoder.model = ml_collections.ConfigDict(src["model"])
             config.encoder.norm_stats = tuple(stats or ())
+    if config.model.get("task", "classify") == "regress":
+        _check_training_ratings(config)
+        return
     names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
     if config.model.num_classes and int(config.model.num_classes) != len(names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} has "
@@ -273,6 +321,27 @@ def prepare(config) -> None:
     with config.unlocked():
         config.model.num_classes = len(names)
         config.model.class_names = tuple(names)
+
+
+def _check_training_ratings(config) -> None:
+    """Refuses a dataset without the rating fields, or a training split with fewer than two ratings
+    of a dimension (ESD, say, has none): nothing to regress on."""
+    from avpretrain.data import folds, source as source_lib
+
+    features = source_lib.open_builder(config.data.dir).info.features
+    dims = tuple(config.model.dimensions)
+    missing = [d for d in dims if d not in features]
+    if missing:
+        raise ValueError(f"{config.data.dir} has no {missing} ratings (an emotion corpus has them: "
+                         f"data_pipelines/emotion.py); model.dimensions={dims}")
+    src = folds.split_source(config.data, config.data.split)
+    rated = np.zeros(len(dims), int)
+    for i in range(len(src)):
+        rated += np.isfinite([float(src[i][d]) for d in dims])
+    if (rated < 2).any():
+        bad = [d for d, n in zip(dims, rated) if n < 2]
+        raise ValueError(f"{config.data.dir}: training split {config.data.split!r} ({len(src)} examples) has fewer than "
+                         f"2 rated examples of {bad}: nothing to regress on (set model.dimensions to the rated ones)")
 
 
 def _check_training_classes(config, names) -> None:
@@ -295,13 +364,18 @@ def _check_training_classes(config, names) -> None:
 
 
 class Predictor:
-    """The export adapter: ``predict(batch)`` → float32 logits [B, C] for a dict of the input fields
-    (``inputs``, e.g. ``audio_codes`` / ``video_codes``), and the class names."""
+    """The export adapter: ``predict(batch)`` → float32 logits [B, C] (``class_names``) or ratings
+    [B, D] (``dimensions``, ``task == "regress"``) for a dict of the input fields (``inputs``, e.g.
+    ``audio`` or ``audio_codes`` / ``video_codes``)."""
 
     def __init__(self, model, config, meta=None):
         self.model, self.config, self.meta = model, config, meta
-        self.class_names = list(config.model.class_names)
-        self.inputs = {k: v for k, v in inputs(config).items() if k != "label"}
+        self.task = str(config.model.get("task", "classify"))
+        if self.task == "classify":
+            self.class_names = list(config.model.class_names)
+        else:
+            self.dimensions = list(config.model.dimensions)
+        self.inputs = {k: v for k, v in inputs(config).items() if k not in pipeline.TARGET_FIELDS}
         graphdef, state = nnx.split(model)
         self._state = state
         self._predict = jax.jit(lambda state, batch: nnx.merge(graphdef, state).predict(batch))
@@ -309,7 +383,7 @@ class Predictor:
     def predict(self, batch: dict) -> np.ndarray:
         missing = [k for k in self.inputs if k not in batch]
         if missing:
-            raise ValueError(f"predict: the batch lacks {missing} (this classifier reads {sorted(self.inputs)})")
+            raise ValueError(f"predict: the batch lacks {missing} (this model reads {sorted(self.inputs)})")
         return np.asarray(self._predict(self._state, {k: jnp.asarray(batch[k]) for k in self.inputs}))
 
 
