@@ -442,21 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     lp.set_defaults(func=cmd_eval_linear_probe)
     cl = v.add_parser("classify", help="a fine-tuned classifier on a split: per-class figures, confusion matrix, "
                       "accuracy / UAR / WAR / macro-F1 / weighted-F1")
-    cl.add_argument("--model", required=True, help="an export of a classifier (avpretrain export of a fine-tuning run)")
-    cl.add_argument("--data", required=True, help="a dataset with the model's inputs (e.g. a token dataset)")
-    cl.add_argument("--split", default="test")
-    cl.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call")
-    cl.add_argument("--png", help="confusion-matrix PNG (default: <model>/eval/confusion-<split>.png)")
-    cl.add_argument("--json-out", help="write the figures (per class, confusion matrix) as JSON")
-    cl.set_defaults(func=cmd_eval_classify)
     rg = v.add_parser("regress", help="a fine-tuned regression model (configs/finetune.py:task=regress) on a split: "
                       "CCC, Pearson and MSE per rated dimension")
-    rg.add_argument("--model", required=True, help="an export of a task=regress fine-tuning run")
-    rg.add_argument("--data", required=True, help="an emotion corpus (data_pipelines/emotion.py) with the model's inputs")
-    rg.add_argument("--split", default="test")
-    rg.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call")
-    rg.add_argument("--json-out", help="write the figures as JSON")
-    rg.set_defaults(func=cmd_eval_regress)
+    for cmd, model_help, data_help, func in (
+            (cl, "an export of a classifier (avpretrain export of a fine-tuning run)",
+             "a dataset with the model's inputs (e.g. a token dataset)", cmd_eval_classify),
+            (rg, "an export of a task=regress fine-tuning run",
+             "an emotion corpus (data_pipelines/emotion.py) with the model's inputs", cmd_eval_regress)):
+        cmd.add_argument("--model", required=True, help=model_help)
+        cmd.add_argument("--data", required=True, help=data_help)
+        cmd.add_argument("--split", default="test")
+        cmd.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call")
+        cmd.add_argument("--json-out", help="write the figures as JSON")
+        cmd.set_defaults(func=func)
+    cl.add_argument("--png", help="confusion-matrix PNG (default: <model>/eval/confusion-<split>.png)")
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
     zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
     rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")

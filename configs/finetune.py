@@ -78,6 +78,7 @@ def get_config(arg=None):
     c.model.task = arg.task              # classify | regress
     c.model.dimensions = ("arousal", "valence", "dominance")   # regress: the rating fields predicted
     c.model.regression_loss = "ccc"      # regress: ccc (1 − mean CCC) | ccc+mse
+    c.model.target_mean = ()             # regress: the head's initial bias; filled in at train time (training means)
     if arg.task == "regress":
         c.eval.metric = "ccc"            # mean CCC over the dimensions on the validation split
 

@@ -59,6 +59,14 @@ def test_an_m2d_export_regresses_arousal_valence_dominance(emotion_data, m2d_exp
                                              "total_steps": 10, "eval_every": 5, "checkpoint_every": 5})
     assert config.eval.metric == "ccc"
     result = train.train(config, tmp_path / "run")
+    from helpers import read_all
+
+    train_ratings = np.array([[float(e[d]) for d in ("arousal", "valence", "dominance")]
+                              for e in read_all(emotion_data).values() if e["split"] == "train"])
+    np.testing.assert_allclose(config.model.target_mean, train_ratings.mean(0), rtol=1e-5)  # the head's initial bias
+    with sharding.mesh_rules(sharding.single_device_mesh(), config.sharding_rules):
+        fresh = classifier.create(config, nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(fresh.head.bias[...]), train_ratings.mean(0), rtol=1e-5)
     assert result.step == 10
     sel = validation.selected(tmp_path / "run")
     assert sel["metric"] == "ccc" and [h["step"] for h in sel["history"]] == [5, 10]

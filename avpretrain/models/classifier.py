@@ -140,7 +140,7 @@ class Classifier(nnx.Module):
                  head: str = "attention", num_heads: int = 4, num_queries: int = 4, head_depth: int = 1,
                  mlp_ratio: float = 2.0, dropout: float = 0.1, label_smoothing: float = 0.0,
                  focal_gamma: float = 0.0, task: str = "classify", dimensions=(), regression_loss: str = "ccc",
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 target_mean=(), dtype=jnp.float32, rngs: nnx.Rngs):
         if head not in HEADS:
             raise ValueError(f"model.head={head!r}: choose one of {HEADS}")
         if task not in TASKS or regression_loss not in REGRESSION_LOSSES:
@@ -169,6 +169,10 @@ class Classifier(nnx.Module):
             feat = width
         self.head_norm = vit.layer_norm(feat, rngs, dtype)
         self.head = vit.dense(feat, outputs, ("embed", None), rngs, dtype)
+        if task == "regress" and len(target_mean):  # start at the training ratings' means, not at 0
+            if len(target_mean) != outputs:
+                raise ValueError(f"model.target_mean={tuple(target_mean)} does not match model.dimensions={dimensions}")
+            self.head.bias[...] = jnp.asarray(target_mean, self.head.bias.dtype)
 
     def features(self, batch):
         """The head's input [B, F] (before dropout)."""
@@ -248,7 +252,8 @@ def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
                       mlp_ratio=float(m.mlp_ratio), dropout=float(m.dropout),
                       label_smoothing=float(m.label_smoothing), focal_gamma=float(m.focal_gamma),
                       task=str(m.get("task", "classify")), dimensions=tuple(m.get("dimensions", ())),
-                      regression_loss=str(m.get("regression_loss", "ccc")), dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
+                      regression_loss=str(m.get("regression_loss", "ccc")),
+                      target_mean=tuple(float(v) for v in m.get("target_mean", ())), dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
 
 
 def inputs(config) -> dict:
@@ -311,7 +316,9 @@ def prepare(config) -> None:
             config.encoder.model = ml_collections.ConfigDict(src["model"])
             config.encoder.norm_stats = tuple(stats or ())
     if config.model.get("task", "classify") == "regress":
-        _check_training_ratings(config)
+        means = _check_training_ratings(config)
+        with config.unlocked():
+            config.model.target_mean = tuple(means)
         return
     names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
     if config.model.num_classes and int(config.model.num_classes) != len(names):
@@ -323,9 +330,10 @@ def prepare(config) -> None:
         config.model.class_names = tuple(names)
 
 
-def _check_training_ratings(config) -> None:
+def _check_training_ratings(config) -> list[float]:
     """Refuses a dataset without the rating fields, or a training split with fewer than two ratings
-    of a dimension (ESD, say, has none): nothing to regress on."""
+    of a dimension (ESD, say, has none): nothing to regress on. Returns each dimension's mean rating
+    over the training split (the regression head's initial bias)."""
     from avpretrain.data import folds, source as source_lib
 
     features = source_lib.open_builder(config.data.dir).info.features
@@ -335,13 +343,16 @@ def _check_training_ratings(config) -> None:
         raise ValueError(f"{config.data.dir} has no {missing} ratings (an emotion corpus has them: "
                          f"data_pipelines/emotion.py); model.dimensions={dims}")
     src = folds.split_source(config.data, config.data.split)
-    rated = np.zeros(len(dims), int)
+    rated, total = np.zeros(len(dims), int), np.zeros(len(dims))
     for i in range(len(src)):
-        rated += np.isfinite([float(src[i][d]) for d in dims])
+        values = np.array([float(src[i][d]) for d in dims])
+        rated += np.isfinite(values)
+        total += np.nan_to_num(values)
     if (rated < 2).any():
         bad = [d for d, n in zip(dims, rated) if n < 2]
         raise ValueError(f"{config.data.dir}: training split {config.data.split!r} ({len(src)} examples) has fewer than "
                          f"2 rated examples of {bad}: nothing to regress on (set model.dimensions to the rated ones)")
+    return list(total / rated)
 
 
 def _check_training_classes(config, names) -> None:
