@@ -126,7 +126,7 @@ def cmd_export(args, overrides):
 
 
 AV_BUILDERS = ("av_folder", "ravdess", "ravdess_audio", "crema_d")  # data_pipelines.<name>.build(source, out, ...)
-EMOTION_BUILDERS = ("msp_podcast", "iemocap", "esd")  # the emotion contract (data_pipelines.emotion)
+EMOTION_BUILDERS = ("msp_podcast", "iemocap", "esd", "crema_d_audio")  # the emotion contract (data_pipelines.emotion)
 
 
 def cmd_data_build(args, overrides):

@@ -108,7 +108,8 @@ def list_recordings(
         else:
             first[path.stem] = path
             entries.append(audio_folder.Entry(
-                path.stem, path, rec.emotion, f'Actor_{rec.actor:02d}', (rec.statement,), rec.split))
+                path.stem, path, rec.emotion, f'Actor_{rec.actor:02d}', (rec.statement,), rec.split,
+                transcript=rec.statement))
     if not entries and not skipped:
         raise ValueError(f'no RAVDESS files in {source}: expected Actor_NN/MM-VV-EE-II-SS-RR-AA{suffix}')
     return entries, skipped

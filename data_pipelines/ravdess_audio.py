@@ -1,6 +1,7 @@
 """TFDS builder for RAVDESS audio-only: the 03- WAVs of Audio_Speech_Actors_01-24 and
-Audio_Song_Actors_01-24 (SOURCE/**/Actor_NN/03-VV-EE-II-SS-RR-AA.wav), as audio examples
-(common.audio_features, decoded and validated as data_pipelines.audio_folder does).
+Audio_Song_Actors_01-24 (SOURCE/**/Actor_NN/03-VV-EE-II-SS-RR-AA.wav), as examples of the emotion
+contract (data_pipelines.emotion: corpus 'ravdess', the statement as transcript and caption, no
+dimensional ratings: NaN), decoded and validated as data_pipelines.audio_folder does.
 
 Labels, speakers, captions, ids and the speaker-independent splits are those of
 data_pipelines.ravdess (emotions 0-based: neutral, calm, happy, sad, angry, fearful, disgust,
@@ -16,13 +17,14 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import audio_folder, common, ravdess
+from data_pipelines import common, emotion, ravdess
 
 
-class RavdessAudio(audio_folder.AudioFolder, skip_registration=True):
+class RavdessAudio(emotion.EmotionCorpus, skip_registration=True):
     """RAVDESS audio-only recordings (see the module docstring)."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('2.0.0')  # 2.0.0: the emotion contract (ratings, corpus, transcript)
+    CORPUS = 'ravdess'
 
     def __init__(self, *, vocal_channels: tuple[str, ...] = ('speech', 'song'), **kwargs):
         self.vocal_channels = tuple(vocal_channels)

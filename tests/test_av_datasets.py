@@ -329,6 +329,10 @@ def test_ravdess_audio_only_variant(ravdess_replica, tmp_path):
     assert examples['03-01-08-01-01-01-21']['label'] == 7 and 'video' not in examples['03-01-08-01-01-01-21']
     assert len(examples['03-01-01-01-01-01-01']['audio']) == round(0.8 * SR)
     assert source.open_builder(tmp_path / 'out').info.metadata['modalities'] == 'audio'
+    # the emotion contract: corpus, the statement as transcript, no ratings
+    calm = examples['03-01-01-01-01-01-01']
+    assert calm['corpus'].decode() == 'ravdess' and calm['transcript'].decode() == calm['captions'][0]
+    assert np.isnan(float(calm['arousal'])) and np.isnan(float(calm['dominance']))
 
 
 # ----------------------------------------------------------------------------- CREMA-D
@@ -374,3 +378,20 @@ def test_crema_d_takes_the_wav_audio_and_splits_by_actor(tmp_path):
     for stem in ('1075_TIE_NEU_XX', '1002_IEO_HAP_HI'):  # no WAV, a broken one: the FLV's own voice
         assert peak_hz(examples[stem]['audio']) < 800
     assert all(len(e['audio']) == SPF * len(e['video']) == 20 * SPF for e in examples.values())
+
+
+def test_crema_d_audio_only_builds_the_emotion_contract(tmp_path, capsys):
+    root = tmp_path / 'crema'
+    for stem in ('1001_DFA_ANG_XX', '1002_IEO_HAP_HI', '1075_TIE_NEU_XX', '1085_WSI_SAD_LO', '1001_XYZ_ANG_XX'):
+        (root / 'AudioWAV').mkdir(parents=True, exist_ok=True)
+        sf.write(root / 'AudioWAV' / f'{stem}.wav', speech_like(0.8, 16000), 16000, subtype='PCM_16')
+    assert cli.main(['data', 'build', 'crema_d_audio', '--source', str(root), '--out', str(tmp_path / 'out')]) == 0
+    meta = source.dataset_meta(tmp_path / 'out')
+    assert meta.label_names == list(crema_d.EMOTIONS.values())
+    assert meta.num_examples == {'train': 2, 'validation': 1, 'test': 1}
+    examples = read_all(tmp_path / 'out')
+    angry = examples['1001_DFA_ANG_XX']
+    assert meta.label_names[angry['label']] == 'angry' and angry['speaker'].decode() == '1001'
+    assert angry['transcript'].decode() == "Don't forget a jacket." and angry['corpus'].decode() == 'crema_d'
+    assert np.isnan(float(angry['valence']))
+    assert "unknown sentence 'XYZ'" in capsys.readouterr().out
