@@ -12,6 +12,7 @@
   avpretrain eval retrieval --model=E --data=DATA
   avpretrain eval classify --model=E --data=TOKENS [--split test] [--json-out F]
   avpretrain eval regress --model=E --data=EMOTION_DATA [--split test] [--json-out F]
+  avpretrain eval layers --model=E --data=DATA --task regress|classify [--split test] [--out STEM]
   avpretrain kfold --config=configs/finetune.py --folds 5 --by speaker --workdir=W --config.init.path=E \
       --config.data.dir=TOKENS [--loso]
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
@@ -263,6 +264,19 @@ def cmd_eval_regress(args, overrides):
     print("regress ccc " + " ".join(f"{d}={result[f'ccc_{d}']:.4f}" for d in dims))
 
 
+def cmd_eval_layers(args, overrides):
+    from avpretrain.evaluate import layers
+
+    result = layers.analyse(args.model, args.data, task=args.task, split=args.split, batch_size=args.batch_size,
+                            out=args.out)
+    print(f"{args.data}: {result['clips']} clips; a linear probe per encoder layer ({result['layers']} layers), "
+          f"scored on {args.split}")
+    for name, values in result["per_layer"].items():
+        print(f"  {name:10s} " + " ".join(f"{v:.3f}" for v in values))
+    print(f"plot: {result['png']}  figures: {result['json']}")
+    print(f"layers {args.task} " + " ".join(f"{k}={b['value']:.4f}@{b['layer']}" for k, b in result["best"].items()))
+
+
 def cmd_eval_classify(args, overrides):
     from avpretrain.evaluate import classify, supervised
 
@@ -456,6 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json-out", help="write the figures as JSON")
         cmd.set_defaults(func=func)
     cl.add_argument("--png", help="confusion-matrix PNG (default: <model>/eval/confusion-<split>.png)")
+    ly = v.add_parser("layers", help="layer analysis: a linear probe on every encoder layer (frozen), the metric per "
+                      "layer and per dimension as a PNG and JSON")
+    ly.add_argument("--model", required=True, help="an exported M2D-family encoder")
+    ly.add_argument("--data", required=True, help="a dataset with train (+ validation) and the scored split")
+    ly.add_argument("--task", required=True, choices=("regress", "classify"),
+                    help="regress: CCC per rating (arousal/valence/dominance); classify: UAR and accuracy")
+    ly.add_argument("--split", default="test")
+    ly.add_argument("--batch-size", type=positive_int, default=64, help="chunks per encoder call")
+    ly.add_argument("--out", help="path stem of the PNG and JSON (default: <model>/eval/layers-<task>-<split>)")
+    ly.set_defaults(func=cmd_eval_layers)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
     zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
     rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")

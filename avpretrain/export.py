@@ -138,8 +138,14 @@ class PretrainedEncoder:
             column = (jnp.arange(K)[:, None, None] * gT + jnp.arange(gT)[None, None, :]).repeat(gF, axis=1)
             return m.embed_tokens(tokens_HKND.reshape(H, K * N, D), column.reshape(1, -1) < cols_H[:, None])
 
+        @jax.jit
+        def layer_columns(state, windows_CW):
+            """→ each block's hidden states per patch column of each chunk [C, depth, T/p, D]."""
+            return nnx.merge(graphdef, state).layer_columns(chunk_lms(windows_CW))
+
         self._state = state
         self._embed_frames, self._encode_tokens, self._embed_joint = embed_frames, encode_tokens, embed_joint
+        self._layer_columns = layer_columns
         self._embed_text = jax.jit(lambda state, x: nnx.merge(graphdef, state).embed_text(x))
 
     @property
@@ -241,6 +247,20 @@ class PretrainedEncoder:
         for i, chunks in self._per_clip(self._embed_frames, waves, range(len(waves)), batch_size):
             scene[i] = chunks.reshape(-1, chunks.shape[-1])[:cols[i]].mean(0)
         return scene
+
+    def layer_embeddings(self, waveforms, sample_rate: int | None = None, lengths=None, batch_size: int = 64):
+        """Each encoder block's hidden states averaged over each clip's valid time and frequency:
+        [B, depth, D] (the features of a layer analysis, ``avpretrain eval layers``)."""
+        waves = self._prepare(waveforms, sample_rate, lengths)
+        cols = self._columns(waves)
+        out = None
+        for i, chunks in self._per_clip(self._layer_columns, waves, range(len(waves)), batch_size):
+            n, L, T, D = chunks.shape  # chunks of one clip: their columns, one after another
+            columns = chunks.transpose(1, 0, 2, 3).reshape(L, n * T, D)[:, :cols[i]]
+            if out is None:
+                out = np.zeros((len(waves), L, D), np.float32)
+            out[i] = columns.mean(1)
+        return out if out is not None else np.zeros((0, 0, self.embedding_dim), np.float32)
 
     def _require_audio_language(self, what):
         if not self.is_audio_language:

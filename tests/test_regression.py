@@ -1,6 +1,7 @@
 """Dimensional emotion: the classifier method with task=regress (CCC loss, NaN ratings masked),
 validation on the mean CCC, `eval regress`, and the refusals (no ratings, unrated training split,
 a classification metric, a classifier export)."""
+import json
 import re
 
 import jax.numpy as jnp
@@ -108,3 +109,48 @@ def test_an_unrated_training_split_is_refused(m2d_export, tmp_path):
     with pytest.raises(ValueError, match=r"fewer than 2 rated examples of \['arousal', 'valence', 'dominance'\]"):
         train.train(config_lib.load_config(CONFIG, {"data.dir": str(tmp_path / "d"), "init.path": str(m2d_export)}),
                     tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- layer analysis
+
+def test_ridge_recovers_a_linear_map_and_block_outputs_end_where_the_stack_ends():
+    from avpretrain.evaluate import layers
+    from avpretrain.models import vit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    W = rng.normal(size=(5, 2))
+    fit = layers.ridge(X, X @ W + np.array([1.0, -2.0]), lam=1e-9)
+    np.testing.assert_allclose(fit[1:], W, atol=1e-6)
+    np.testing.assert_allclose(fit[0], [1.0, -2.0], atol=1e-6)
+    mesh = sharding.single_device_mesh()
+    with sharding.mesh_rules(mesh, sharding.DEFAULT_RULES):
+        stack = vit.blocks(3, 24, 2, 2.0, nnx.Rngs(0))
+    x = jnp.asarray(rng.normal(size=(2, 6, 24)), jnp.float32)
+    outs = vit.block_outputs(stack, x)
+    assert len(outs) == 3
+    np.testing.assert_allclose(np.asarray(outs[-1]), np.asarray(vit.apply_blocks(stack, x)), rtol=1e-6, atol=1e-6)
+
+
+def test_eval_layers_probes_every_layer(emotion_data, m2d_export, data_dir, tmp_path, capsys):
+    depth = int(tiny_config(data_dir).model.depth or 12)
+    model = export.load_pretrained(str(m2d_export))
+    waves = [np.zeros(16000, np.float32) + 0.01 * np.sin(np.arange(16000) / 7.0), np.ones(40000, np.float32) * 0.01]
+    emb = model.layer_embeddings(waves)
+    assert emb.shape == (2, depth, model.embedding_dim // model.model.grid[0]) and np.isfinite(emb).all()
+    assert cli.main(["eval", "layers", f"--model={m2d_export}", f"--data={emotion_data}", "--task=regress",
+                     f"--out={tmp_path / 'r'}"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"layers regress arousal=-?\d\.\d{4}@\d+ valence=-?\d\.\d{4}@\d+ dominance=-?\d\.\d{4}@\d+", last)
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert all(len(v) == depth for v in figures["per_layer"].values()) and figures["metric"] == "ccc"
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["eval", "layers", f"--model={m2d_export}", f"--data={emotion_data}", "--task=classify",
+                     f"--out={tmp_path / 'c'}"]) == 0
+    assert re.fullmatch(r"layers classify uar=\d\.\d{4}@\d+ accuracy=\d\.\d{4}@\d+",
+                        capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli.main(["eval", "layers", f"--model={m2d_export}", f"--data={data_dir}", "--task=regress"]) == 2
+    assert "has no ratings" in capsys.readouterr().err
+    assert cli.main(["eval", "layers", f"--model={m2d_export}", f"--data={emotion_data}", "--task=regress",
+                     "--split=validation"]) == 2
+    assert "score on test" in capsys.readouterr().err

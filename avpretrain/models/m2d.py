@@ -136,6 +136,14 @@ class M2D(nnx.Module):
         x = vit.apply_blocks(self.blocks, self._with_cls(x), remat=self.remat)
         return self.norm(x)
 
+    def layer_columns(self, lms):
+        """Every encoder block's output (the hidden states, before the final norm), averaged over the
+        frequency patches of each time column: [B, depth, T/p, D] (layer analysis)."""
+        outs = vit.block_outputs(self.blocks, self._with_cls(self._patch_tokens(lms)))
+        B, _, D = outs[0].shape
+        grid_t = lms.shape[-1] // self.patch
+        return jnp.stack([h[:, 1:].reshape(B, self.grid[0], grid_t, D).mean(1) for h in outs], axis=1)
+
     def encode_target(self, lms, ids_masked):
         """Target encoder on the masked patches: [B, M, D] (CLS dropped), no gradient."""
         x = vit.apply_blocks(self.target_blocks, self._with_cls(vit.gather_tokens(self._patch_tokens(lms), ids_masked)))

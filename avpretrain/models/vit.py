@@ -156,6 +156,16 @@ def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
     return x
 
 
+def block_outputs(blocks_, x, valid_BN=None):
+    """x through each block: the output of every block, a list (layer analysis; no remat)."""
+    outs = []
+    for block in blocks_:
+        graphdef, state = nnx.split(block)
+        x = REMAT["none"](graphdef, state, x, valid_BN)
+        outs.append(x)
+    return outs
+
+
 def patchify(x_B1FT, patch: int):
     """[B, 1, F, T] -> [B, (F/p)·(T/p), p·p], frequency-major tokens, (kh, kw) inside a patch.
 
