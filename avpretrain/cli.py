@@ -496,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(k)
     k.add_argument("--workdir", required=True, help="folds.json, fold-<i>/ runs, kfold.json")
     k.add_argument("--folds", type=positive_int, default=5, help="number of folds (>= 3)")
-    k.add_argument("--by", default="speaker", choices=["speaker"], help="what no two folds share")
-    k.add_argument("--loso", action="store_true", help="leave one speaker out: one fold per speaker")
+    k.add_argument("--by", default="speaker", choices=["speaker", "session"],
+                   help="what no two folds share: speakers, or sessions (<session>_<speaker> ids, IEMOCAP)")
+    k.add_argument("--loso", action="store_true", help="leave one speaker (or session, --by session) out: one fold each")
     k.add_argument("--seed", type=int, default=0, help="how speakers are shuffled into folds")
     k.add_argument("--batch-size", type=positive_int, default=64, help="windows per predict call in the test")
     k.set_defaults(func=cmd_kfold)

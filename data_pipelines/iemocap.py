@@ -13,9 +13,9 @@ corpus as distributed (IEMOCAP_full_release):
     activation → arousal.
   * Speaker: session and the speaker's gender from the utterance id (Ses01F_impro01_M002 → Ses01_M):
     ten speakers, two per session.
-  * Splits by session, speaker-independent: Session 1-3 train, 4 validation, 5 test (the
-    sessions are the corpus's natural folds: `avpretrain kfold` over these speakers never puts one
-    speaker on both sides).
+  * Splits by session, speaker-independent: Session 1-3 train, 4 validation, 5 test. The sessions
+    are the corpus's natural folds: `avpretrain kfold --by session --loso` is leave-one-session-out
+    (a session's two speakers stay together).
   * Skipped with a reason: an utterance rated but without its WAV ('missing'), a WAV without a
     rating, rating lines that do not parse.
 

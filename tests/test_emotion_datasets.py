@@ -181,3 +181,27 @@ def test_esd_folders_give_labels_splits_and_transcripts(tmp_path):
     reasons = {p.rsplit('/', 1)[-1]: r for p, r in report['skipped']}
     assert reasons['stray.wav'].startswith('not in 0001/<Angry|')
     assert "another speaker's file" in reasons['0011_000099.wav']
+
+
+def test_folds_by_session_keep_a_sessions_speakers_together(tmp_path):
+    """IEMOCAP-style speaker ids (<session>_<speaker>): --by session folds never split a session."""
+    from avpretrain.data import folds
+
+    rows = ['path,label,speaker']
+    for session in ('Ses01', 'Ses02', 'Ses03', 'Ses04'):
+        for spk in ('F', 'M'):
+            for label in ('neutral', 'angry'):
+                name = f'{session}_{spk}_{label}.wav'
+                write_wav(tmp_path / 'src' / name, freq=200 + 10 * len(rows))
+                rows.append(f'{name},{label},{session}_{spk}')
+    (tmp_path / 'src' / 'manifest.csv').write_text('\n'.join(rows) + '\n')
+    assert cli.main(['data', 'build', 'audio_folder', '--source', str(tmp_path / 'src'), '--out', str(tmp_path / 'd')]) == 0
+    made = folds.make_folds(tmp_path / 'd', 0, loso=True, by='session')
+    assert made['num_folds'] == 4 and made['by'] == 'session'
+    for i, fold in enumerate(made['folds']):
+        assert fold['speakers']['test'] == [f'Ses0{i + 1}']
+        assert len(fold['records']['test']) == 4  # both speakers of the session, both classes
+    by_speaker = folds.make_folds(tmp_path / 'd', 0, loso=True)
+    assert by_speaker['num_folds'] == 8
+    with pytest.raises(ValueError, match=r"speaker 'Ses01' has no '<session>_<speaker>' form"):
+        folds.group_of('Ses01', 'session')

@@ -1,7 +1,8 @@
 """Speaker-independent folds over every example of a dataset (k-fold and leave-one-speaker-out).
 
-``make_folds`` pools the examples of all splits and groups them by speaker into K folds (LOSO:
-one speaker per fold), balancing the number of examples per fold. Fold i tests on group i,
+``make_folds`` pools the examples of all splits and groups them by speaker (or, ``by="session"``,
+by recording session: IEMOCAP) into K folds (LOSO: one speaker or session per fold), balancing the
+number of examples per fold. Fold i tests on group i,
 validates on the next group(s) in order (speakers taken from what would otherwise be training
 speakers) and trains on the rest, so no speaker is ever in two of a fold's splits and every
 speaker is tested exactly once over the K folds. The result is a JSON-serialisable dict that
@@ -18,6 +19,17 @@ import numpy as np
 from avpretrain.data import jobs, source as source_lib
 
 SPLITS = ("train", "validation", "test")
+# --by: what no two folds share. "session": speakers whose ids share the part before the last "_"
+# (IEMOCAP's Ses01_F and Ses01_M: session Ses01) stay together, so folds are leave-sessions-out.
+BY = ("speaker", "session")
+
+
+def group_of(speaker: str, by: str) -> str:
+    if by == "speaker":
+        return speaker
+    if "_" not in speaker.strip("_"):
+        raise ValueError(f"--by=session: speaker {speaker!r} has no '<session>_<speaker>' form (IEMOCAP: Ses01_F)")
+    return speaker.rsplit("_", 1)[0]
 VALIDATION_SHARE = 0.2  # LOSO: validation speakers = this share of the non-test speakers (at least 1)
 
 
@@ -73,9 +85,11 @@ def make_folds(data_dir, folds: int, *, loso: bool = False, seed: int = 0, by: s
     """Fold i: test = group i; validation = the next group (LOSO: the next ``VALIDATION_SHARE`` of
     the other speakers, at least one); train = every other group. Refuses a fold whose training
     examples miss a class (its head could not learn it)."""
-    if by != "speaker":
-        raise ValueError(f"--by={by!r}: folds are made by 'speaker' only")
+    if by not in BY:
+        raise ValueError(f"--by={by!r}: folds are made by one of {BY}")
     records = dataset_records(data_dir)
+    for r in records:  # the groups no two folds share: speakers, or sessions of speakers
+        r["speaker"] = group_of(r["speaker"], by) if r["speaker"].strip() else r["speaker"]
     if not records:
         raise ValueError(f"{data_dir}: the dataset has no examples")
     names = list(source_lib.open_builder(data_dir).info.features["label"].names)
