@@ -237,13 +237,19 @@ class _Espeak:
 _espeak: _Espeak | None = None  # one per process, made on first use
 
 
-def _speech(rng, text: str, speaker: Speaker, emotion: str, intensity: float) -> np.ndarray:
-    """The emotional utterance, float at 16 kHz without leading/trailing silence, before level."""
+def speak(text: str, voice: str, **prosody) -> np.ndarray:
+    """int16 speech at ESPEAK_SR from this process's espeak-ng (made on first use); `prosody`: rate,
+    volume, pitch, range, word_gap in espeak-ng's units (also used by data_pipelines.demo_emotion)."""
     global _espeak
     if _espeak is None:
         _espeak = _Espeak()
+    return _espeak.say(text, voice, **prosody)
+
+
+def _speech(rng, text: str, speaker: Speaker, emotion: str, intensity: float) -> np.ndarray:
+    """The emotional utterance, float at 16 kHz without leading/trailing silence, before level."""
     p = dict(zip(_PROSODY_FIELDS, _blend(_PROSODY, emotion, intensity)))
-    x = _espeak.say(
+    x = speak(
         text, speaker.voice,
         rate=np.clip(p['rate'] * speaker.rate_factor * np.exp(rng.normal(0, 0.08)), 80, 400),
         volume=np.clip(p['volume'] * np.exp(rng.normal(0, 0.1)), 10, 200),

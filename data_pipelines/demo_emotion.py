@@ -178,9 +178,7 @@ def generate_clip(corpus_name: str, index: int, seed: int) -> Clip:
     text = str(rng.choice(sentences_for(corpus, voice, polarity)))
     v_sentence = SENTENCE_VALENCE[polarity] + rng.normal(0, 0.3)
     valence = float(np.clip(0.65 * v_sentence + 0.35 * v_prosody, 1, 7))
-    if demo_av._espeak is None:
-        demo_av._espeak = demo_av._Espeak()
-    speech = demo_av._espeak.say(
+    speech = demo_av.speak(
         text, voice, rate=np.clip((110 + 22 * (a - 1)) * rate_factor, 80, 400),
         pitch=np.clip(20 + 7 * (a - 1) + 3 * (v_prosody - 4) + pitch_offset, 0, 99),
         range=np.clip(10 + 13 * (d - 1), 0, 99), volume=np.clip(55 + 22 * (d - 1), 10, 200))

@@ -141,29 +141,27 @@ REMAT = {name: jax.jit(_block_pure if policy is None else
          for name, policy in _REMAT_POLICIES.items()}
 
 
-def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
-    """x through each block, with the ``REMAT`` policy ``remat`` for the backward pass.
+def block_outputs(blocks_, x, valid_BN=None, *, remat: str = "none"):
+    """x through each block: every block's output, a list (the last is the stack's output), with
+    the ``REMAT`` policy ``remat`` for the backward pass.
 
     The blocks hold parameters only (no state that a call would change), so each runs as a pure
     function of (its parameters, x): traced once per stack and shape, not once per block.
     """
     if remat not in REMAT:
         raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT)}")
-    call = REMAT[remat]
+    call, outs = REMAT[remat], []
     for block in blocks_:
         graphdef, state = nnx.split(block)
         x = call(graphdef, state, x, valid_BN)
-    return x
-
-
-def block_outputs(blocks_, x, valid_BN=None):
-    """x through each block: the output of every block, a list (layer analysis; no remat)."""
-    outs = []
-    for block in blocks_:
-        graphdef, state = nnx.split(block)
-        x = REMAT["none"](graphdef, state, x, valid_BN)
         outs.append(x)
     return outs
+
+
+def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
+    """x through the stack (``block_outputs``' last; x itself for an empty stack)."""
+    outs = block_outputs(blocks_, x, valid_BN, remat=remat)
+    return outs[-1] if outs else x
 
 
 def patchify(x_B1FT, patch: int):
