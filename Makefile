@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 DEMO_CLAP_DIR ?= runs/demo_clap
 DEMO_AV_DIR ?= runs/demo_av
+DEMO_EMOTION_DIR ?= runs/demo_emotion
 
-.PHONY: venv test demo demo-clap demo-av bench bench-reference clean
+.PHONY: venv test demo demo-clap demo-av demo-emotion bench bench-reference clean
 
 venv: $(STAMP)
 
@@ -28,6 +29,9 @@ demo-clap: $(STAMP)
 
 demo-av: $(STAMP)
 	bash launch/demo_av.sh $(DEMO_AV_DIR)
+
+demo-emotion: $(STAMP)
+	bash launch/demo_emotion.sh $(DEMO_EMOTION_DIR)
 
 bench: $(STAMP)
 	$(VENV)/bin/avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8

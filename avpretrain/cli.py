@@ -4,6 +4,7 @@
   avpretrain data build audio_folder --source DIR --out DATA   (also: audiocaps, clotho)
   avpretrain data stats --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain data embed-captions --data DATA [--model NAME_OR_PATH] [--batch-size 256] [--shard i/n]
+      [--field transcript [--asr-model DIR]]
   avpretrain data tokenize --audio-vq=E1 --video-vq=E2 --data=DATA --out=TOKENS [--shard i/n]
   avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain export --workdir=W --out=E
@@ -197,16 +198,17 @@ def cmd_data_embed_captions(args, overrides):
 
     try:
         r = captions.embed_captions(args.data, model=args.model, batch_size=args.batch_size, shard=args.shard,
-                                    device=args.device)
+                                    device=args.device, field=args.field, asr_model=args.asr_model)
     except ImportError as e:
         raise SystemExit(f"error: {e}") from None
     i, n = args.shard
+    what = "captions" if args.field == "captions" else "transcripts"
     if r.complete:
-        print(f"caption embeddings in {r.directory}")
+        print(f"{captions.NOUN[args.field]} embeddings in {r.directory}")
     else:
         print(f"shard {i}/{n} done: waiting for the other shards ({r.chunks_done} of {r.chunks_total} chunks present)")
     print(f"{r.sentences_per_s:.1f} sentences/s")
-    print(f"embedded {r.total_captions if r.complete else r.num_captions} captions dim={r.dim} model={r.model}")
+    print(f"embedded {r.total_captions if r.complete else r.num_captions} {what} dim={r.dim} model={r.model}")
 
 
 def cmd_data_tokenize(args, overrides):
@@ -358,7 +360,8 @@ def cmd_bench(args, overrides):
 def cmd_report(args, overrides):
     from avpretrain import report
 
-    {"clap": report.clap_report, "av": report.av_report, "m2d": report.demo_report}[args.kind](args.run_dir)
+    {"clap": report.clap_report, "av": report.av_report, "m2d": report.demo_report,
+     "emotion": report.emotion_report}[args.kind](args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,7 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences per forward pass (256: about 2x the throughput of 64 on CPU)")
     c.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="i/n",
                    help="embed chunks k with k %% n == i; the shard that completes the set merges it")
-    c.add_argument("--device", default="cpu", help="torch device of the text model, e.g. cuda")
+    c.add_argument("--device", default="cpu", help="torch device of the text (and ASR) model, e.g. cuda")
+    c.add_argument("--field", choices=["captions", "transcript"], default="captions",
+                   help="what to embed: the captions (M2D-CLAP), or an emotion corpus's transcripts (audio-text "
+                   "fusion, configs/finetune.py:text=1)")
+    c.add_argument("--asr-model", default=None, metavar="DIR",
+                   help="--field transcript: a local transformers ASR model directory (Whisper, wav2vec 2.0 CTC, ...) "
+                   "that transcribes the records without a transcript; nothing is downloaded")
     c.set_defaults(func=cmd_data_embed_captions)
 
     tk = d.add_parser("tokenize", help="VQ-VAE codes of every example (a token dataset, TFDS ArrayRecord)")
@@ -528,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
     r.add_argument("--run-dir", required=True)
-    r.add_argument("--kind", choices=["m2d", "clap", "av"], default="m2d",
-                   help="m2d: `make demo`; clap: `make demo-clap`; av: `make demo-av`")
+    r.add_argument("--kind", choices=["m2d", "clap", "av", "emotion"], default="m2d",
+                   help="m2d: `make demo`; clap: `make demo-clap`; av: `make demo-av`; emotion: `make demo-emotion`")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -100,7 +100,8 @@ _REGISTRY: dict[str, Method] = {}
 BUILTIN = {"m2d": "avpretrain.models.m2d", "m2d_clap": "avpretrain.models.m2d_clap",
            "m2d2": "avpretrain.models.m2d_clap", "vqvae_audio": "avpretrain.models.vqvae",
            "vqvae_video": "avpretrain.models.vqvae", "vq_mae_av": "avpretrain.models.vq_mae_av",
-           "classifier": "avpretrain.models.classifier"}
+           "classifier": "avpretrain.models.classifier",
+           "distill": "avpretrain.models.distill"}
 
 
 def register(method: Method) -> Method:

@@ -138,3 +138,65 @@ def av_report(run_dir: str) -> str:
     print(f"report: {png}")
     print(line)
     return line
+
+
+EMOTION_MODELS = (("teacher", "tab:blue"), ("student", "tab:orange"), ("student+text", "tab:green"))
+
+
+def emotion_report(run_dir: str) -> str:
+    """`make demo-emotion`'s report: the teacher's layer analysis, the distillation losses, the test
+    CCC per dimension of the three fine-tuned models (with the encoders' parameter counts); the
+    summary line."""
+    from avpretrain import config as config_lib
+    from avpretrain.models import distill
+
+    run = pathlib.Path(run_dir)
+    scores = {m: json.loads((run / f"regress_{m}.json").read_text()) for m, _ in EMOTION_MODELS}
+    layers = json.loads((run / "layers_teacher.json").read_text())
+    student_config = config_lib.from_json((run / "student" / "config.json").read_text())
+    params = {"teacher": distill.encoder_params(student_config.teacher.model),
+              "student": distill.encoder_params(student_config.model)}
+    pairs = ", ".join(f"{s}→{t}" for s, t in distill.pairs_from_config(student_config))
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    per_layer = layers["per_layer"]
+    x = np.arange(1, layers["layers"] + 1)
+    for name, values in per_layer.items():
+        axes[0].plot(x, values, marker="o", label=name)
+    axes[0].set_xticks(x)
+    axes[0].set(xlabel="teacher block", ylabel="test CCC (linear probe)", title="layer analysis of the teacher")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3)
+    metrics = run / "student" / "metrics.jsonl"
+    keys = sorted({k for line in metrics.read_text().splitlines() if line for k in json.loads(line)
+                   if k.startswith("loss_")})
+    for key in keys:
+        axes[1].plot(*_metric_curve(metrics, key), label=key.replace("loss_t", "teacher block ").replace("loss_out", "output"))
+    axes[1].set(xlabel="step", ylabel="L1 − log σ(cos)", title=f"distillation (student→teacher: {pairs})")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    dims = list(scores["teacher"]["dimensions"])
+    width = 0.8 / len(EMOTION_MODELS)
+    for i, (m, color) in enumerate(EMOTION_MODELS):
+        values = [scores[m][f"ccc_{d}"] for d in dims]
+        label = f"{m} ({params['teacher' if m == 'teacher' else 'student'] / 1e3:.0f}k encoder params)"
+        bars = axes[2].bar(np.arange(len(dims)) + (i - 1) * width, values, width, color=color, label=label)
+        axes[2].bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    axes[2].set_xticks(np.arange(len(dims)), dims)
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].set(ylabel="test CCC", ylim=(min(0, axes[2].get_ylim()[0]), 1),
+                title=f"fine-tuned A/V/D, test speaker (n={scores['teacher']['clips']})")
+    axes[2].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    png = run / "demo_emotion_report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    print(f"student: {params['student']:,} encoder params = {100 * params['student'] / params['teacher']:.1f} % of "
+          f"the teacher's {params['teacher']:,}; targets student→teacher block {pairs}")
+    for m, _ in EMOTION_MODELS:
+        print(f"{m}: test ccc " + " ".join(f"{d}={scores[m][f'ccc_{d}']:.4f}" for d in dims))
+    line = "demo-emotion: ccc " + " ".join(
+        f"{d} " + " ".join(f"{m}={scores[m][f'ccc_{d}']:.4f}" for m, _ in EMOTION_MODELS) for d in ("valence", "arousal"))
+    print(f"report: {png}")
+    print(line)
+    return line

@@ -21,7 +21,7 @@ import jax
 from flax import nnx
 
 from avpretrain import frontend, method as method_lib, metrics as metrics_lib, sharding
-from avpretrain.data import jobs
+from avpretrain.data import jobs, pipeline
 
 SELECTED_NAME = "selected.json"
 BEST_NAME = "best"
@@ -92,13 +92,15 @@ class Validator:
         if self.batch_size % dp or self.batch_size % jax.process_count():
             raise ValueError(f"config.eval.batch_size={self.batch_size} is not divisible by the {dp} data-parallel "
                              f"devices and {jax.process_count()} processes")
-        self.src = folds.split_source(config.data, config.eval.split)  # a missing split fails here, before training
+        method = method_lib.of(config)
+        self.inputs = method.inputs(config)
+        # a missing split (or missing transcripts for a model that reads text) fails here, before training
+        self.src = pipeline.with_text(config.data, config.eval.split, folds.split_source(config.data, config.eval.split),
+                                      self.inputs)
         self.task = task(config)
         self.targets = tuple(config.model.dimensions) if self.task == "regress" else None
         self.class_names = (None if self.targets else
                             list(source_lib.open_builder(config.data.dir).info.features["label"].names))
-        method = method_lib.of(config)
-        self.inputs = method.inputs(config)
         self.batch_sharding = batch_sharding
         self.norm_stats = norm_stats
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

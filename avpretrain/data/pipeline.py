@@ -22,7 +22,8 @@ INT16_SCALE = 1.0 / 32768.0
 FIELDS = {
     "audio": "float32 [S]: a random window of the waveform (int16 / 32768), zero-padded when shorter",
     "video": "uint8 [T, H, W, 3]: the face frames of the same window (T·640 = S when both are read)",
-    "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random",
+    "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random (evaluation: the "
+                "first), or its transcript's (data.text_field)",
     "label": "int32 []: the class index",
     # emotion corpora (data_pipelines.emotion): ratings on the corpus's scale, NaN when unrated
     "arousal": "float32 []: the clip's arousal rating",
@@ -113,7 +114,8 @@ class Crop:
         """Every window an evaluation reads of one example: consecutive windows of the training length
         from the start, the last one ending at the clip's end (so it may overlap the one before); a
         clip no longer than a window gives one (codes repeated, audio zero-padded, as in training).
-        Token inputs or a waveform alone; fields without ``label`` and the ratings."""
+        Token inputs or a waveform alone (each window with the clip's ``text_emb`` when the method reads
+        one); fields without ``label`` and the ratings."""
         if self.codes:
             size, length = self.code_window, self._code_frames(element)
         elif self.samples is not None and self.frames is None:
@@ -131,6 +133,8 @@ class Crop:
                 self._code_window(element, None, out, start)
             else:
                 out["audio"] = _padded(element["audio"][start:start + size], size)
+            if "text_emb" in self.fields:  # the clip's first stored text (a transcript has one)
+                out["text_emb"] = np.asarray(element["caption_embeddings"][0])
             windows.append(out)
         return windows
 
@@ -164,33 +168,80 @@ class Crop:
 
 
 class CaptionedSource:
-    """The records of a split that have captions, each with its stored caption embeddings.
+    """The records of ``src`` that have stored text (captions, or a transcript), each with its stored
+    embeddings (``caption_embeddings``, float16 [n, D]).
 
-    Records without captions are left out (and counted in ``num_without_captions``). Each record's
-    id is checked against the store, so a dataset rebuilt after embedding fails loudly.
+    ``src``: one split's data source and ``stores`` that split's ``CaptionEmbeddings``; or a fold's
+    ``folds.SubsetSource`` and ``stores`` a dict split → ``CaptionEmbeddings`` of the splits it reads.
+    Records without text are left out (and counted in ``num_without_captions``); with ``required``
+    they are an error naming how many and how to get their text. Each record's id is checked against
+    the store, so a dataset rebuilt after embedding fails loudly.
     """
 
-    def __init__(self, src, store):
-        if len(store) != len(src):
-            raise ValueError(f"caption embeddings of {store.model!r} list {len(store)} records of split "
-                             f"{store.split!r} but the dataset has {len(src)}: the dataset changed since "
-                             "`avpretrain data embed-captions`; run it again")
-        self.src, self.store = src, store
-        self.index = np.flatnonzero(np.diff(store.offsets) > 0)
-        self.num_without_captions = len(src) - len(self.index)
+    def __init__(self, src, stores, *, required: bool = False, what: str = ""):
+        from avpretrain.data.captions import NOUN
+
+        if not isinstance(stores, dict):
+            stores = {stores.split: stores}
+        records = getattr(src, "records", None)
+        sizes = ({split: len(s) for split, s in src.sources.items()} if records is not None
+                 else {next(iter(stores)): len(src)})
+        if records is None:
+            records = [(next(iter(stores)), i) for i in range(len(src))]
+        for split, n in sizes.items():
+            store = stores[split]
+            if len(store) != n:
+                raise ValueError(f"{NOUN[store.field]} embeddings of {store.model!r} list {len(store)} records of split "
+                                 f"{split!r} but the dataset has {n}: the dataset changed since "
+                                 "`avpretrain data embed-captions`; run it again")
+        self.src, self.stores, self.records = src, stores, records
+        self._noun = NOUN[next(iter(stores.values())).field]
+        have = np.array([stores[s].offsets[r + 1] > stores[s].offsets[r] for s, r in records], bool)
+        self.index = np.flatnonzero(have)
+        self.num_without_captions = len(records) - len(self.index)
+        field = next(iter(stores.values())).field
+        if required and self.num_without_captions:
+            split, r = records[int(np.flatnonzero(~have)[0])]
+            raise ValueError(
+                f"{what or 'the data'}: {self.num_without_captions} of {len(records)} records have no {field} (e.g. "
+                f"{stores[split].ids[r]!r} of split {split!r}), and the model reads one per clip: give the dataset "
+                f"transcripts, or transcribe them (avpretrain data embed-captions --field {field} --asr-model DIR, a "
+                "local speech-recognition model) before training or evaluating with text")
         if not len(self.index):
-            raise ValueError(f"split {store.split!r} has no captioned records")
+            raise ValueError(f"{what or 'split ' + repr(next(iter(stores)))} has no records with {field}"
+                             + (" (no captioned records)" if field == "captions" else ""))
+
+    # a single store's attribute, as before folds were supported
+    @property
+    def store(self):
+        return next(iter(self.stores.values()))
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, i):
         record = int(self.index[i])
+        split, r = self.records[record]
+        store = self.stores[split]
         element = self.src[record]
-        if element["id"].decode() != self.store.ids[record]:
-            raise ValueError(f"record {record} of split {self.store.split!r} is {element['id'].decode()!r} but the "
-                             f"caption embeddings expect {self.store.ids[record]!r}: run embed-captions again")
-        return element | {"caption_embeddings": self.store.for_record(record)}
+        if element["id"].decode() != store.ids[r]:
+            raise ValueError(f"record {r} of split {split!r} is {element['id'].decode()!r} but the "
+                             f"{self._noun} embeddings expect {store.ids[r]!r}: run embed-captions again")
+        return element | {"caption_embeddings": store.for_record(r)}
+
+
+def with_text(data, split: str, src, inputs: dict, *, what: str = ""):
+    """``src`` (``folds.split_source(data, split)``) with each record's stored text embeddings when
+    ``inputs`` has ``text_emb``: captions (M2D-CLAP; uncaptioned records left out) or, with
+    ``data.text_field="transcript"``, transcripts (audio-text fusion; every record must have one)."""
+    if "text_emb" not in inputs:
+        return src
+    from avpretrain.data import captions
+
+    field = str(data.get("text_field", "captions") or "captions")
+    splits = sorted({s for s, _ in src.records}) if hasattr(src, "records") else [split]
+    stores = {s: captions.CaptionEmbeddings.open(data.dir, s, data.get("text_model") or None, field) for s in splits}
+    return CaptionedSource(src, stores, required=field != "captions", what=what or f"{data.dir} split {split!r}")
 
 
 def training_source(config, inputs: dict):
@@ -207,10 +258,7 @@ def training_source(config, inputs: dict):
                             else "video needs an audiovisual dataset (data build av_folder|ravdess|crema_d|demo_av)"))
     if "text_emb" not in inputs:
         return src
-    from avpretrain.data import captions
-
-    store = captions.CaptionEmbeddings.open(config.data.dir, config.data.split, config.data.text_model or None)
-    captioned = CaptionedSource(src, store)
+    captioned = with_text(config.data, config.data.split, src, inputs)
     if captioned.num_without_captions:
         metrics_lib.log(f"{config.data.dir}: {captioned.num_without_captions} of {len(src)} {config.data.split} "
                         "records have no caption and are left out of caption-conditioned training")

@@ -7,7 +7,9 @@ in ``<workdir>/fold-<i>`` with ``data.folds``/``data.fold`` set (its step select
 speakers: the config must validate, ``eval_every`` > 0), then its selected export is evaluated on
 its test speakers and ``fold-<i>/result.json`` written: the commit point. A rerun skips finished
 folds and resumes an interrupted one from its checkpoint. ``<workdir>/kfold.json`` holds the
-per-fold results and their mean ± std (population std over folds).
+per-fold results and their mean ± std (population std over folds): accuracy, UAR and F1 for
+classifiers, the CCC per rating for ``model.task="regress"`` (plus the CCC of all folds' test
+predictions pooled).
 """
 from __future__ import annotations
 
@@ -40,9 +42,7 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
                          "must validate (set --config.eval_every=N)")
     if any(o.split("=")[0] in ("data.folds", "data.fold") for o in overrides):
         raise ValueError("kfold sets config.data.folds and config.data.fold itself; do not override them")
-    if validation.task(base) != "classify":
-        raise ValueError(f"{config_spec}: kfold scores classifiers (accuracy, UAR, F1); model.task="
-                         f"{validation.task(base)!r} is not supported by kfold yet: train and `eval regress` per split")
+    regress = validation.task(base) == "regress"
     data_dir = str(base.data.dir)
     method = method_lib.of(base)
     if method.prepare:  # e.g. the encoder of init.path: what the runs will read
@@ -86,14 +86,23 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
         model = validation.selected_export(fdir)
         if model is None:
             raise ValueError(f"{fdir}: no step was selected (no validation ran); is config.eval_every <= total_steps?")
-        result = supervised.classify(model, data_dir, split="test", batch_size=batch_size, folds_file=folds_path,
-                                     fold=i, png=fdir / "confusion-test.png",
-                                     title=f"fold {i}: test speakers {', '.join(fold['speakers']['test'])}")
+        if regress:
+            result = supervised.regress(model, data_dir, split="test", batch_size=batch_size, folds_file=folds_path,
+                                        fold=i, keep_predictions=True)
+        else:
+            result = supervised.classify(model, data_dir, split="test", batch_size=batch_size, folds_file=folds_path,
+                                         fold=i, png=fdir / "confusion-test.png",
+                                         title=f"fold {i}: test speakers {', '.join(fold['speakers']['test'])}")
         result |= {"fold": i, "speakers": fold["speakers"], "selected": validation.selected(fdir)["selected"]}
         jobs.write_json(result_path, result)
         log(_fold_line(i, result))
         results.append(result)
 
+    if regress:
+        summary = _summarize_regression(results)
+        jobs.write_json(workdir / SUMMARY_NAME, summary)
+        log(summary["line"])
+        return summary
     summary = classify.summarize_folds(results) | {"class_names": folds["class_names"], "per_fold": [
         {k: r[k] for k in ("fold", "accuracy", "uar", "macro_f1", "weighted_f1", "num_examples", "speakers")}
         for r in results]}
@@ -108,7 +117,30 @@ def run(config_spec: str, overrides: list[str], workdir, *, num_folds: int = 5, 
     return summary
 
 
+def _summarize_regression(results: list[dict]) -> dict:
+    """Mean ± population std over folds of each CCC, and the CCC of the folds' test predictions pooled."""
+    from avpretrain.evaluate import supervised
+
+    dims = results[0]["dimensions"]
+    summary = {"folds": len(results), "task": "regress", "dimensions": dims}
+    for key in [f"ccc_{d}" for d in dims] + ["ccc"]:
+        values = np.array([r[key] for r in results])
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    pooled = {"preds": np.concatenate([np.asarray(r["predictions"]["preds"], float) for r in results]),
+              "targets": np.concatenate([np.asarray(r["predictions"]["targets"], float) for r in results])}
+    summary["pooled"] = {k: v for k, v in supervised.regression_scores(pooled, dims).items()}
+    summary["per_fold"] = [{k: r[k] for k in ("fold", "speakers", "clips", *(f"ccc_{d}" for d in dims))}
+                           for r in results]
+    summary["line"] = f"kfold folds={len(results)} ccc " + " ".join(
+        f"{d}={summary[f'ccc_{d}']['mean']:.4f}±{summary[f'ccc_{d}']['std']:.4f}" for d in dims)
+    return summary
+
+
 def _fold_line(i: int, r: dict) -> str:
+    if "dimensions" in r:
+        return (f"fold {i}: test {','.join(r['speakers']['test'])} n={r['clips']} ccc "
+                + " ".join(f"{d}={r[f'ccc_{d}']:.4f}" for d in r["dimensions"])
+                + f" (step {r['selected']['step']}, validation ccc={r['selected']['ccc']:.4f})")
     return (f"fold {i}: test {','.join(r['speakers']['test'])} n={r['num_examples']} accuracy={r['accuracy']:.4f} "
             f"uar={r['uar']:.4f} macro-f1={r['macro_f1']:.4f} (step {r['selected']['step']}, validation "
             f"uar={r['selected']['uar']:.4f})")

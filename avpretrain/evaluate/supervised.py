@@ -116,11 +116,25 @@ def scores(predicted: dict, class_names) -> dict:
     return result
 
 
-def data_config(data_dir, folds_file: str = "", fold: int = -1):
-    """A ``config.data`` for ``folds.split_source`` (a dataset's splits, or one fold's)."""
+def data_config(data_dir, folds_file: str = "", fold: int = -1, text_field: str = "captions", text_model: str = ""):
+    """A ``config.data`` for ``folds.split_source`` (a dataset's splits, or one fold's) and
+    ``pipeline.with_text`` (which stored text embeddings a model reads)."""
     import ml_collections
 
-    return ml_collections.ConfigDict({"dir": str(data_dir), "folds": str(folds_file or ""), "fold": int(fold)})
+    return ml_collections.ConfigDict({"dir": str(data_dir), "folds": str(folds_file or ""), "fold": int(fold),
+                                      "text_field": str(text_field), "text_model": str(text_model)})
+
+
+def model_source(model, data_dir, split: str, folds_file: str = "", fold: int = -1):
+    """The records of ``split`` of ``data_dir`` (or of a fold) that an exported model (``Predictor``)
+    reads: with its transcripts' (or captions') stored embeddings when it reads text, embedded by the
+    model's own text model."""
+    from avpretrain.data import folds
+
+    trained = model.config.data
+    data = data_config(data_dir, folds_file, fold, trained.get("text_field", "captions"), trained.get("text_model", ""))
+    return pipeline.with_text(data, split, folds.split_source(data, split), model.inputs,
+                              what=f"{data_dir} split {split!r}")
 
 
 def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, png: str | None = None,
@@ -128,7 +142,7 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
     """Evaluates an exported classifier on ``split`` of ``data_dir`` (or of a fold): the metrics of
     ``classify.metrics`` + ``loss``, and a confusion-matrix PNG (default ``<model>/eval/confusion-<split>.png``)."""
     from avpretrain import export
-    from avpretrain.data import folds, source as source_lib
+    from avpretrain.data import source as source_lib
     from avpretrain.evaluate import classify as classify_lib
 
     model = export.load_pretrained(str(model_dir))
@@ -138,7 +152,7 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
     names = list(source_lib.open_builder(data_dir).info.features["label"].names)
     if names[:len(model.class_names)] != model.class_names:
         raise ValueError(f"{data_dir}: its classes {names} are not the model's {model.class_names}")
-    src = folds.split_source(data_config(data_dir, folds_file, fold), split)
+    src = model_source(model, data_dir, split, folds_file, fold)
     predicted = predict_source(src, model.inputs, model.predict, batch_size=batch_size, class_names=model.class_names,
                                what=f"{data_dir} split {split!r}")
     result = scores(predicted, model.class_names)
@@ -149,11 +163,12 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
 
 
 def regress(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, folds_file: str = "",
-            fold: int = -1) -> dict:
+            fold: int = -1, keep_predictions: bool = False) -> dict:
     """Evaluates an exported regression model (``configs/finetune.py:task=regress``) on ``split`` of
-    ``data_dir``: ``regression_scores`` per dimension over every window of every clip."""
+    ``data_dir``: ``regression_scores`` per dimension over every window of every clip (and, with
+    ``keep_predictions``, ``predictions``: each clip's id, predicted and true ratings, NaN → None)."""
     from avpretrain import export
-    from avpretrain.data import folds, source as source_lib
+    from avpretrain.data import source as source_lib
 
     model = export.load_pretrained(str(model_dir))
     if getattr(model, "task", None) != "regress":
@@ -162,9 +177,14 @@ def regress(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, f
     missing = [d for d in model.dimensions if d not in features]
     if missing:
         raise ValueError(f"{data_dir} has no {missing} ratings; the model predicts {model.dimensions}")
-    src = folds.split_source(data_config(data_dir, folds_file, fold), split)
+    src = model_source(model, data_dir, split, folds_file, fold)
     predicted = predict_source(src, model.inputs, model.predict, batch_size=batch_size, targets=model.dimensions,
                                what=f"{data_dir} split {split!r}")
-    return regression_scores(predicted, model.dimensions) | {
+    result = regression_scores(predicted, model.dimensions) | {
         "model": str(model_dir), "data": str(data_dir), "split": split, "dimensions": list(model.dimensions),
         "clips": len(predicted["ids"])}
+    if keep_predictions:
+        result["predictions"] = {"ids": predicted["ids"], "preds": predicted["preds"].tolist(),
+                                 "targets": [[None if np.isnan(v) else float(v) for v in row]
+                                             for row in predicted["targets"]]}
+    return result

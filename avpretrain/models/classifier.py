@@ -16,7 +16,13 @@ Loss (``model.task="classify"``): cross-entropy with label smoothing (``model.la
 and the focal factor ``(1 − p)^γ`` (``model.focal_gamma``, 0: plain CE), averaged over the batch.
 ``model.task="regress"``: one output per ``model.dimensions`` (arousal, valence, dominance of an
 emotion corpus) and ``model.regression_loss`` "ccc" (1 − the batch's concordance correlation
-coefficient, averaged over the dimensions) or "ccc+mse"; unrated (NaN) targets are masked out. The encoder is the
+coefficient, averaged over the dimensions) or "ccc+mse"; unrated (NaN) targets are masked out.
+
+Audio-text fusion (``model.text_dim`` > 0, ``configs/finetune.py:text=1``): the clip's transcript as a
+stored sentence embedding (``text_emb``, ``avpretrain data embed-captions --field transcript``) →
+linear → LayerNorm, concatenated with the pooled audio features before the head; in training the
+text is zeroed for a random ``model.text_dropout`` share of the examples (modality dropout), so
+the audio path keeps learning what the words do not say. The encoder is the
 "encoder" parameter group: ``--config.optim.lr_mult.encoder=0`` freezes it, 0.1 trains it at a
 tenth of the head's learning rate. ``predict`` (eval mode, no dropout) gives the logits that
 validation (``eval_every``), ``avpretrain eval classify`` and ``avpretrain kfold`` use.
@@ -114,6 +120,8 @@ BACKBONES = {
         create=_m2d_create, inputs=_m2d_inputs, tokens=_m2d_tokens, width=lambda enc: int(_m2d_kwargs(enc)["width"]),
         modalities=lambda enc: ("audio",), params=lambda enc: ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")),
 }
+# A distilled student (models/distill.py) exports as an M2D encoder of its own size.
+BACKBONES["distill"] = BACKBONES["m2d"]
 
 
 def _vq_fields(enc):
@@ -140,7 +148,7 @@ class Classifier(nnx.Module):
                  head: str = "attention", num_heads: int = 4, num_queries: int = 4, head_depth: int = 1,
                  mlp_ratio: float = 2.0, dropout: float = 0.1, label_smoothing: float = 0.0,
                  focal_gamma: float = 0.0, task: str = "classify", dimensions=(), regression_loss: str = "ccc",
-                 target_mean=(), dtype=jnp.float32, rngs: nnx.Rngs):
+                 target_mean=(), text_dim: int = 0, text_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
         if head not in HEADS:
             raise ValueError(f"model.head={head!r}: choose one of {HEADS}")
         if task not in TASKS or regression_loss not in REGRESSION_LOSSES:
@@ -168,14 +176,21 @@ class Classifier(nnx.Module):
             self.head_blocks = vit.blocks(head_depth, width, num_heads, mlp_ratio, rngs, dtype)
             feat = width
         self.head_norm = vit.layer_norm(feat, rngs, dtype)
-        self.head = vit.dense(feat, outputs, ("embed", None), rngs, dtype)
+        self.text_dim, self.text_dropout = int(text_dim), float(text_dropout)
+        if not 0 <= self.text_dropout < 1:
+            raise ValueError(f"model.text_dropout={text_dropout} must be in [0, 1)")
+        if self.text_dim:  # the transcript's sentence embedding, projected to the audio features' width
+            self.text_proj = vit.dense(self.text_dim, feat, (None, "embed"), rngs, dtype)
+            self.text_norm = vit.layer_norm(feat, rngs, dtype)
+        self.head = vit.dense(feat * (2 if self.text_dim else 1), outputs, ("embed", None), rngs, dtype)
         if task == "regress" and len(target_mean):  # start at the training ratings' means, not at 0
             if len(target_mean) != outputs:
                 raise ValueError(f"model.target_mean={tuple(target_mean)} does not match model.dimensions={dimensions}")
             self.head.bias[...] = jnp.asarray(target_mean, self.head.bias.dtype)
 
-    def features(self, batch):
-        """The head's input [B, F] (before dropout)."""
+    def features(self, batch, text_keep_B=None):
+        """The head's input [B, F] (before dropout): the pooled audio, and with text the transcript's [B, 2F]
+        (zeros for the examples where ``text_keep_B`` is False: modality dropout in training)."""
         tokens = BACKBONES[self.backbone].tokens(self.encoder, batch, self.modalities, self.norm_stats)
         if self.head_kind == "attention":
             x = jnp.concatenate([self.pools[m](tokens[m]) for m in self.modalities], axis=-1)
@@ -184,14 +199,23 @@ class Classifier(nnx.Module):
             q = jnp.broadcast_to(self.queries[...].astype(seq.dtype), (seq.shape[0], *self.queries.shape[1:]))
             h = vit.apply_blocks(self.head_blocks, jnp.concatenate([q, seq], axis=1))
             x = h[:, :q.shape[1]].mean(1)
-        return self.head_norm(x)
+        x = self.head_norm(x)
+        if self.text_dim:
+            text = self.text_norm(self.text_proj(batch["text_emb"].astype(x.dtype)))
+            if text_keep_B is not None:
+                text = jnp.where(text_keep_B[:, None], text, 0)
+            x = jnp.concatenate([x, text.astype(x.dtype)], axis=-1)
+        return x
 
     def predict(self, batch):
         """Eval mode: logits float32 [B, num_classes], or the predicted ratings [B, len(dimensions)]."""
         return self.head(self.features(batch)).astype(jnp.float32)
 
     def loss(self, batch, rng):
-        x = self.features(batch)
+        rng, text_rng = jax.random.split(rng)
+        text_keep = (jax.random.bernoulli(text_rng, 1 - self.text_dropout, (batch["text_emb"].shape[0],))
+                     if self.text_dim and self.text_dropout else None)
+        x = self.features(batch, text_keep)
         if self.dropout:
             keep = jax.random.bernoulli(rng, 1 - self.dropout, x.shape)
             x = jnp.where(keep, x / (1 - self.dropout), 0).astype(x.dtype)
@@ -253,11 +277,15 @@ def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> Classifier:
                       label_smoothing=float(m.label_smoothing), focal_gamma=float(m.focal_gamma),
                       task=str(m.get("task", "classify")), dimensions=tuple(m.get("dimensions", ())),
                       regression_loss=str(m.get("regression_loss", "ccc")),
-                      target_mean=tuple(float(v) for v in m.get("target_mean", ())), dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
+                      target_mean=tuple(float(v) for v in m.get("target_mean", ())),
+                      text_dim=int(m.get("text_dim", 0) or 0), text_dropout=float(m.get("text_dropout", 0.0)),
+                      dtype=jnp.dtype(config.encoder.model.get("dtype", "float32")), rngs=rngs)
 
 
 def inputs(config) -> dict:
     fields = backbone(config).inputs(config.encoder, tuple(config.model.modalities))
+    if int(config.model.get("text_dim", 0) or 0):
+        fields |= {"text_emb": method.Field((int(config.model.text_dim),), "float16")}
     if config.model.get("task", "classify") == "regress":
         return fields | {d: method.Field((), "float32") for d in config.model.dimensions}
     return fields | {"label": method.Field((), "int32", int(config.model.num_classes) or None)}
@@ -315,6 +343,8 @@ def prepare(config) -> None:
             config.encoder.method = src["method"]
             config.encoder.model = ml_collections.ConfigDict(src["model"])
             config.encoder.norm_stats = tuple(stats or ())
+    if config.model.get("text_fusion", False):
+        _prepare_text(config)
     if config.model.get("task", "classify") == "regress":
         means = _check_training_ratings(config)
         with config.unlocked():
@@ -328,6 +358,39 @@ def prepare(config) -> None:
     with config.unlocked():
         config.model.num_classes = len(names)
         config.model.class_names = tuple(names)
+
+
+def _prepare_text(config) -> None:
+    """Audio-text fusion: the stored transcript embeddings of the dataset fill ``data.text_model`` and
+    ``model.text_dim``; a training split with a clip without transcript is refused here, before
+    anything is built (``pipeline.with_text``)."""
+    from avpretrain import metrics as metrics_lib
+    from avpretrain.data import folds
+
+    if config.data.get("text_field", "captions") != "transcript":
+        raise ValueError(f"model.text_fusion reads the clips' transcripts: set data.text_field='transcript' (it is "
+                         f"{config.data.get('text_field')!r}); configs/finetune.py:text=1 does")
+    if config.data.get("asr_model"):
+        _transcribe(config)
+    src = pipeline.with_text(config.data, config.data.split, folds.split_source(config.data, config.data.split),
+                             {"text_emb": None})
+    with config.unlocked():
+        config.data.text_model, config.model.text_dim = src.store.model, src.store.dim
+    metrics_lib.log(f"audio-text fusion: the transcripts' {src.store.dim}-d embeddings of {src.store.model} "
+                    f"({len(src)} training clips)")
+
+
+def _transcribe(config) -> None:
+    """``data.asr_model``: embeds the dataset's transcripts, those of clips without one from the local
+    speech recogniser (``captions.embed_captions``; a no-op once stored)."""
+    from avpretrain.data import captions
+
+    if jax.process_count() > 1:
+        raise ValueError("config.data.asr_model: transcribe before a multi-process run, one shard per host: "
+                         f"avpretrain data embed-captions --data {config.data.dir} --field transcript "
+                         f"--asr-model {config.data.asr_model} --shard i/n")
+    captions.embed_captions(config.data.dir, model=config.data.text_model or captions.DEFAULT_TEXT_MODEL,
+                            field="transcript", asr_model=str(config.data.asr_model))
 
 
 def _check_training_ratings(config) -> list[float]:
@@ -390,6 +453,22 @@ class Predictor:
         graphdef, state = nnx.split(model)
         self._state = state
         self._predict = jax.jit(lambda state, batch: nnx.merge(graphdef, state).predict(batch))
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model fuses a transcript (``text_emb``, see ``embed_text``) with the audio."""
+        return "text_emb" in self.inputs
+
+    def embed_text(self, transcripts) -> np.ndarray:
+        """float16 [N, text_dim]: the ``text_emb`` input of an audio-text model for N transcripts, by the
+        sentence-embedding model it was trained with (``config.data.text_model``)."""
+        from avpretrain.data import captions
+
+        if not self.reads_text:
+            raise ValueError("embed_text: this model reads audio only (fine-tuned without text=1)")
+        if getattr(self, "_sentence_encoder", None) is None:
+            self._sentence_encoder = captions.SentenceEncoder(self.config.data.text_model)
+        return captions.l2_normalize_f16(self._sentence_encoder.encode([str(t) for t in transcripts]))
 
     def predict(self, batch: dict) -> np.ndarray:
         missing = [k for k in self.inputs if k not in batch]
