@@ -198,7 +198,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     method = method_lib.of(config)
     if config.data.dir and method.prepare:  # e.g. the text width of the stored caption embeddings
         method.prepare(config)
-    if "text_dim" in config.model and not config.model.get("text_dim"):  # no dataset: a stand-in width
+    if ("text_dim" in config.model and not config.model.get("text_dim")
+            and config.model.get("text_fusion", True)):  # a model that reads text, no dataset: a stand-in width
         config.model.text_dim = SYNTHETIC_TEXT_DIM
     mesh = sharding.make_mesh(config.mesh)
     clip_seconds = method_lib.clip_seconds(config)

@@ -253,3 +253,15 @@ def test_a_regression_kfold_reads_each_folds_transcripts(emotion_text, teacher, 
     assert summary["task"] == "regress" and len(summary["per_fold"]) == 3
     assert sum(f["clips"] for f in summary["per_fold"]) == 36     # every clip tested once
     assert set(summary["pooled"]) >= {"ccc_arousal", "ccc_valence", "ccc_dominance"}
+
+
+def test_bench_runs_the_regression_fine_tuning_with_and_without_text(emotion_text, teacher):
+    """Without text=1 the bench reads no text store; with it, the stored transcripts' width."""
+    from avpretrain import bench
+
+    base = str(REPO / "configs/finetune.py") + ":runlocal,modalities=audio,task=regress"
+    for spec in (base, base + ",text=1"):
+        cfg = config_lib.load_config(spec, {"init.path": str(teacher), "data.dir": str(emotion_text)})
+        r = bench.run(cfg, steps=1, warmup=1, data_batches=2, quiet=True)
+        assert r["step_time_s"] > 0 and r["pipeline_clips_per_s"] > 0
+        assert cfg.model.text_dim == (HashEncoder.dim if spec.endswith("text=1") else 0)
