@@ -14,6 +14,7 @@
   avpretrain eval classify --model=E --data=TOKENS [--split test] [--json-out F]
   avpretrain eval regress --model=E --data=EMOTION_DATA [--split test] [--json-out F]
   avpretrain eval layers --model=E --data=DATA --task regress|classify [--split test] [--out STEM]
+  avpretrain eval few-shot --model=E[,E2,...] --data=ESD [--shots 2,4,8,16,24,32,64] [--trials 3] [--json-out F]
   avpretrain kfold --config=configs/finetune.py --folds 5 --by speaker --workdir=W --config.init.path=E \
       --config.data.dir=TOKENS [--loso]
   avpretrain sweep --config=configs/m2d.py:size=tiny,runlocal --workdir=W [--run]
@@ -279,6 +280,37 @@ def cmd_eval_layers(args, overrides):
     print(f"layers {args.task} " + " ".join(f"{k}={b['value']:.4f}@{b['layer']}" for k, b in result["best"].items()))
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 2,4,8") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
+    return values
+
+
+def cmd_eval_few_shot(args, overrides):
+    import pathlib
+
+    from avpretrain.evaluate import few_shot
+
+    models = [m for m in args.model.split(",") if m]
+    png = args.png or str(pathlib.Path(models[0]) / "eval" / "few-shot.png")
+    result = few_shot.evaluate(models, args.data, shots=args.shots, trials=args.trials, seed=args.seed,
+                               emotions=[e for e in (args.emotions or "").split(",") if e], batch_size=args.batch_size,
+                               png=png)
+    _write_json(args.json_out, result)
+    print(f"{args.data}: {len(result['speakers'])} speakers x {len(result['emotions'])} emotions "
+          f"({', '.join(result['emotions'])}) x {len(result['shots'])} k x {args.trials} trials per model")
+    for name, per_k in result["models"].items():
+        print(f"{name}: " + " ".join(f"k{k}: acc={v['accuracy']:.4f} macro-f1={v['macro_f1']:.4f} "
+                                     f"weighted-f1={v['weighted_f1']:.4f};" for k, v in per_k.items()))
+    print(f"plot: {result['png']}")
+    print(f"few-shot trials={result['num_trials']} models={len(result['models'])} macro-f1 "
+          + " ".join(f"k{k}={v['macro_f1']:.4f}" for k, v in result["mean"].items()))
+
+
 def cmd_eval_classify(args, overrides):
     from avpretrain.evaluate import classify, supervised
 
@@ -489,6 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--batch-size", type=positive_int, default=64, help="chunks per encoder call")
     ly.add_argument("--out", help="path stem of the PNG and JSON (default: <model>/eval/layers-<task>-<split>)")
     ly.set_defaults(func=cmd_eval_layers)
+    fs = v.add_parser("few-shot", help="the few-shot protocol (Chen & Yu): per speaker and emotion one-vs-rest "
+                      "k-shot tasks, all trials batched; the last line's macro-F1 per k is the mean over the given "
+                      "models (one model: its own)")
+    fs.add_argument("--model", required=True, help="exported M2D-family encoder(s), comma-separated")
+    fs.add_argument("--data", required=True, help="a dataset with speakers and per-speaker train / validation / test "
+                    "clips (ESD: avpretrain data build esd)")
+    fs.add_argument("--shots", type=_int_list, default=(2, 4, 8, 16, 24, 32, 64), help="k values (even)")
+    fs.add_argument("--trials", type=positive_int, default=3, help="trials per speaker, emotion and k (seeded)")
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--emotions", default="", help="target emotions by name, comma-separated (default: every class)")
+    fs.add_argument("--batch-size", type=positive_int, default=64, help="chunks per encoder call")
+    fs.add_argument("--json-out", help="write every figure (per model, k and trial) as JSON")
+    fs.add_argument("--png", help="the macro-F1 per k plot (default: <first model>/eval/few-shot.png)")
+    fs.set_defaults(func=cmd_eval_few_shot)
     zs = v.add_parser("zero-shot", help="zero-shot classification with an audio-language model")
     zs.add_argument("--template", default="{label} can be heard", help="class prompt; {label} = the class name")
     rt = v.add_parser("retrieval", help="audio-text retrieval (R@1/5/10, mAP@10) with an audio-language model")

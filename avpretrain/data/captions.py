@@ -351,16 +351,22 @@ def _read_captions(ds, start: int, stop: int, field: str = "captions", transcrib
     return ids, captions, transcribed
 
 
+def check_asr_dir(path) -> pathlib.Path:
+    """``path`` if it holds a saved transformers model (its config.json), else a FileNotFoundError."""
+    path = pathlib.Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--asr-model {path}: not a saved transformers model directory (no config.json); "
+                                "give a local ASR model, e.g. one saved with `save_pretrained` (nothing is downloaded)")
+    return path
+
+
 class Transcriber:
     """A speech recogniser from a local directory: a Hugging Face ``transformers`` ASR model (Whisper,
     wav2vec 2.0 CTC, ...) saved with ``save_pretrained``; nothing is downloaded.
     ``transcribe(waves, sample_rate)`` → one text per float32 clip."""
 
     def __init__(self, path, *, device: str = "cpu", batch_size: int = 8):
-        path = pathlib.Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--asr-model {path}: not a saved transformers model directory (no config.json); "
-                                    "give a local ASR model, e.g. one saved with `save_pretrained` (nothing is downloaded)")
+        path = check_asr_dir(path)
         if importlib.util.find_spec("transformers") is None:
             raise ImportError(f"speech recognition needs transformers (and torch): {_INSTALL_HINT}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -489,6 +495,8 @@ def embed_captions(data_dir, *, model: str = DEFAULT_TEXT_MODEL, batch_size: int
     _dirname(field)
     if (asr_model or transcriber is not None) and field != "transcript":
         raise ValueError(f"--asr-model transcribes speech for --field transcript, not {field!r}")
+    if asr_model and transcriber is None:
+        check_asr_dir(asr_model)
     dataset_dir = source.find_dataset_dir(data_dir)
     name = str(encoder.name) if encoder is not None else str(model)
     store = store_dir(dataset_dir, name, field)

@@ -228,11 +228,11 @@ def prepare(config) -> None:
     if len(d.student_layers) != len(d.teacher_layers):
         raise ValueError(f"config.distill.student_layers={tuple(d.student_layers)} and teacher_layers="
                          f"{tuple(d.teacher_layers)} must pair up one to one")
-    pairs_ok = all(1 <= int(s) <= s_depth for s in d.student_layers) and all(
-        1 <= int(t) <= t_depth for t in d.teacher_layers for t_depth in [t_dims["depth"]])
-    if not pairs_ok:
+    t_depth = t_dims["depth"]
+    if not (all(1 <= int(v) <= s_depth for v in d.student_layers)
+            and all(1 <= int(v) <= t_depth for v in d.teacher_layers)):
         raise ValueError(f"config.distill: student_layers={tuple(d.student_layers)} must lie in 1..{s_depth} and "
-                         f"teacher_layers={tuple(d.teacher_layers)} in 1..{t_dims['depth']} (1-based blocks)")
+                         f"teacher_layers={tuple(d.teacher_layers)} in 1..{t_depth} (1-based blocks)")
     n_student, n_teacher = encoder_params(m), encoder_params(teacher)
     pairs = ", ".join(f"{s}→{t}" for s, t in pairs_from_config(config))
     metrics_lib.log(f"distill: student {m.width}×{m.depth} ({n_student:,} encoder params, "
