@@ -7,8 +7,9 @@ DEMO_DIR ?= runs/demo
 DEMO_CLAP_DIR ?= runs/demo_clap
 DEMO_AV_DIR ?= runs/demo_av
 DEMO_EMOTION_DIR ?= runs/demo_emotion
+DEMO_EMOTION_XCORPUS_DIR ?= runs/demo_emotion_xcorpus
 
-.PHONY: venv test demo demo-clap demo-av demo-emotion bench bench-reference clean
+.PHONY: venv test demo demo-clap demo-av demo-emotion demo-emotion-xcorpus bench bench-reference clean
 
 venv: $(STAMP)
 
@@ -32,6 +33,9 @@ demo-av: $(STAMP)
 
 demo-emotion: $(STAMP)
 	bash launch/demo_emotion.sh $(DEMO_EMOTION_DIR)
+
+demo-emotion-xcorpus: $(STAMP)
+	bash launch/demo_emotion_xcorpus.sh $(DEMO_EMOTION_XCORPUS_DIR)
 
 bench: $(STAMP)
 	$(VENV)/bin/avpretrain bench --config=configs/m2d.py:size=base --config.batch_size=8

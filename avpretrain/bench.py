@@ -4,7 +4,7 @@ Reports compile time, median step time, examples/s and audio-hours/s, model FLOP
 XLA's cost analysis for comparison), achieved TFLOP/s and MFU against the device's stated peak
 (``hardware_peak``: a datasheet figure for accelerators, cores × clock × FMA width for CPUs, printed
 with its derivation), a measured matmul for comparison, parameter counts, and, when
-``config.data.dir`` is set, the host pipeline's clips/s. No dataset is needed for the step figures.
+``config.data.dir`` (or ``data.dirs``) is set, the host pipeline's clips/s. No dataset is needed for the step figures.
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def _pipeline_figures(config, batches: int, windows: int = 5) -> dict:
     grain prefetches, so single batches often arrive instantly: the figure is the median over
     ``windows`` windows of ``batches // windows`` batches each (and the overall rate).
     """
-    iterator = iter(pipeline.train_dataset(config))
+    iterator = iter((method_lib.of(config).train_data or pipeline.train_dataset)(config))
     for _ in range(2):
         next(iterator)
     per_window = max(1, batches // windows)
@@ -196,7 +196,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     method = method_lib.of(config)
-    if config.data.dir and method.prepare:  # e.g. the text width of the stored caption embeddings
+    has_data = bool(config.data.dir or config.data.get("dirs"))
+    if has_data and method.prepare:  # e.g. the text width of the stored caption embeddings
         method.prepare(config)
     if ("text_dim" in config.model and not config.model.get("text_dim")
             and config.model.get("text_fusion", True)):  # a model that reads text, no dataset: a stand-in width
@@ -222,7 +223,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
         n = 4096 if jax.devices()[0].platform != "cpu" else 2048
         r["matmul_tflops"] = measured_matmul_tflops(n, jnp.dtype(dtype))
         r["matmul_n"] = n
-    if config.data.dir and data_batches > 0:
+    if has_data and data_batches > 0:
         r.update(_pipeline_figures(config, data_batches))
         r["pipeline_audio_hours_per_s"] = r["pipeline_clips_per_s"] * clip_seconds / 3600
 

@@ -148,7 +148,7 @@ def cmd_data_build(args, overrides):
         from data_pipelines import demo_emotion
 
         demo_emotion.build(args.out, corpus=args.corpus, num_clips=args.num_clips or demo_emotion.DEFAULT_NUM_CLIPS,
-                           seed=args.seed)
+                           seed=args.seed, split_by=args.split_by)
     else:
         if not args.source:
             raise ValueError(f"data build {args.name} needs --source DIR")
@@ -317,6 +317,9 @@ def cmd_eval_classify(args, overrides):
     result = supervised.classify(args.model, args.data, split=args.split, batch_size=args.batch_size, png=args.png)
     _write_json(args.json_out, result)
     print(f"confusion matrix: {result['confusion_png']}")
+    if "left_out" in result:
+        print(f"classes matched by name; left out: {result['left_out']['clips']} clips of "
+              f"{result['left_out']['classes'] or 'no'} classes the model does not have")
     for line in classify.format_report(result):
         print(line)
 
@@ -354,18 +357,23 @@ def cmd_eval_retrieval(args, overrides):
 def cmd_sweep(args, overrides):
     from avpretrain import config as config_lib
 
-    runs = config_lib.load_sweep(args.config)
+    runs = config_lib.load_sweep(args.config, overrides)
     for i, run in enumerate(runs):
         name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in run.items())
         workdir = os.path.join(args.workdir, f"{i:02d}_{name}")
-        run_overrides = list(overrides) + [f"--config.{k}={v!r}" for k, v in run.items()]
+        run_overrides = list(overrides) + [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
+                                           for k, v in run.items()]
         config_lib.load_config(args.config, run_overrides)  # every run's keys are checked first
         command = ["avpretrain", "train", f"--config={args.config}", *run_overrides, f"--workdir={workdir}"]
         print(shlex.join(command))
         if args.run:
             import subprocess
 
-            subprocess.run([sys.executable, "-m", "avpretrain", *command[1:]], check=True)
+            rc = subprocess.run([sys.executable, "-m", "avpretrain", *command[1:]]).returncode
+            if rc:
+                print(f"error: sweep run {i} ({workdir}) exited with status {rc}; runs before it are done, "
+                      "the same command resumes", file=sys.stderr)
+                return rc
 
 
 def cmd_bench(args, overrides):
@@ -393,7 +401,7 @@ def cmd_report(args, overrides):
     from avpretrain import report
 
     {"clap": report.clap_report, "av": report.av_report, "m2d": report.demo_report,
-     "emotion": report.emotion_report}[args.kind](args.run_dir)
+     "emotion": report.emotion_report, "emotion-xcorpus": report.emotion_xcorpus_report}[args.kind](args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="av_folder/ravdess/crema_d: skip a video with no face found in more than this share of frames")
     b.add_argument("--corpus", choices=("studio", "phone", "room"), default="studio",
                    help="demo_emotion: which of its corpora (speakers, sentences, labels, channel differ)")
+    b.add_argument("--split-by", choices=("speaker", "clip"), default="speaker",
+                   help="demo_emotion: speaker-disjoint splits, or every speaker in every split (ESD's layout, "
+                        "for the few-shot protocol)")
     b.add_argument("--classes", choices=("all", "four"), default="all",
                    help="iemocap: every category, or the usual four (neutral, happy incl. excited, sad, angry)")
     b.add_argument("--audio-optional", action="store_true",
@@ -583,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
     r.add_argument("--run-dir", required=True)
-    r.add_argument("--kind", choices=["m2d", "clap", "av", "emotion"], default="m2d",
+    r.add_argument("--kind", choices=["m2d", "clap", "av", "emotion", "emotion-xcorpus"], default="m2d",
                    help="m2d: `make demo`; clap: `make demo-clap`; av: `make demo-av`; emotion: `make demo-emotion`")
     r.set_defaults(func=cmd_report)
     return p

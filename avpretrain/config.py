@@ -1,7 +1,8 @@
 """Config files, their argument strings, command-line overrides and sweeps.
 
 A config file defines ``get_config(arg: str) -> ml_collections.ConfigDict`` and may define
-``get_sweep(arg: str) -> list[dict]`` (each dict: dotted key -> value overrides for one run)::
+``get_sweep(arg: str[, config]) -> list[dict]`` (each dict: dotted key -> value overrides for one
+run; with a second parameter it gets the config with the command line's overrides)::
 
     avpretrain train --config=configs/m2d.py:size=tiny,runlocal --config.optim.base_lr=1e-4
 
@@ -131,11 +132,17 @@ def _get(config, key):
     return node
 
 
-def load_sweep(spec: str) -> list[dict]:
+def load_sweep(spec: str, overrides=()) -> list[dict]:
+    """The runs of the config file's ``get_sweep(arg)``; a ``get_sweep(arg, config)`` also gets the
+    config with the command line's ``overrides`` (e.g. the corpora whose subsets it sweeps)."""
+    import inspect
+
     path, arg = split_spec(spec)
     module = _load_module(path)
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"config file {path} declares no sweep (define get_sweep(arg))")
+    if len(inspect.signature(module.get_sweep).parameters) > 1:
+        return list(module.get_sweep(arg, load_config(spec, list(overrides))))
     return list(module.get_sweep(arg))
 
 
@@ -196,6 +203,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str] | di
             value = float(value)
         if isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
+        if isinstance(current, tuple) and isinstance(value, str):  # a,b,c of words (e.g. paths): strings
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
         try:
             node[leaf] = value
         except TypeError as e:

@@ -65,6 +65,17 @@ def export(workdir: str, out: str, *, step: int | None = None) -> pathlib.Path:
     return write_export(out, config, params, stats)
 
 
+def exported_part(config, params: dict) -> dict:
+    """The part of a training model's pure-dict ``params`` that its export keeps: the variables of the
+    method's ``encoder_only`` model (shapes only are built to know them)."""
+    keep = nnx.to_pure_dict(nnx.state(_abstract_model(config, sharding.single_device_mesh())))
+
+    def pick(tree, like):
+        return {k: pick(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
+
+    return pick(params, keep)
+
+
 def _copy_export(src: pathlib.Path, out: pathlib.Path, extra: dict) -> pathlib.Path:
     """A copy of the export ``src`` at ``out`` (replacing one there), ``extra`` added to its config.json."""
     import shutil

@@ -14,6 +14,10 @@ data iterator, jitted step, checkpoint/resume, signals, non-finite stop, logging
   mean/std) get them computed once and stored in the workdir and the export.
 - ``update``: the step body, when the default (``step.default_update``: gradients of the
   trainable params, optimizer, EMA) does not fit.
+- ``train_data(config)``: the training stream, when the method reads more than one dataset (several
+  corpora, a labelled source and an unlabelled target; ``data.streams``): this process's infinite,
+  checkpointable grain ``IterDataset`` of batches with the fields of ``inputs``. Default:
+  ``pipeline.train_dataset`` over ``config.data.dir``. The method's ``prepare`` checks its datasets.
 - ``init_sources(config)``: what to load before step 0 (zero, one or several exports or workdirs,
   each into a part of the model); default: ``config.init.path`` / ``config.init.params``.
 - ``prepare(config)``: fills derived config values before ``config.json`` is written (e.g. the
@@ -70,6 +74,7 @@ class Method:
     frontend: tuple = ()  # on-device ops, applied in order (avpretrain.frontend)
     update: Callable | None = None  # (train_state, batch, rng, step, config) -> metrics with "loss"
     init_sources: Callable = default_init_sources  # (config) -> list[InitSource]
+    train_data: Callable | None = None  # (config) -> grain IterDataset of this process's batches
     prepare: Callable | None = None  # (config) -> None, may fill config values
     pretrained: Callable | None = None  # (model, config, export_meta) -> downstream object
     images: Callable | None = None  # (model, batch) -> dict[str, uint8 [H, W, 3]], jittable
@@ -101,7 +106,8 @@ BUILTIN = {"m2d": "avpretrain.models.m2d", "m2d_clap": "avpretrain.models.m2d_cl
            "m2d2": "avpretrain.models.m2d_clap", "vqvae_audio": "avpretrain.models.vqvae",
            "vqvae_video": "avpretrain.models.vqvae", "vq_mae_av": "avpretrain.models.vq_mae_av",
            "classifier": "avpretrain.models.classifier",
-           "distill": "avpretrain.models.distill"}
+           "distill": "avpretrain.models.distill", "prefinetune": "avpretrain.models.prefinetune",
+           "emo_dna": "avpretrain.models.emo_dna"}
 
 
 def register(method: Method) -> Method:

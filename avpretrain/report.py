@@ -200,3 +200,75 @@ def emotion_report(run_dir: str) -> str:
     print(f"report: {png}")
     print(line)
     return line
+
+
+def _encoder_label(path) -> str:
+    """"plain" for an encoder that was not pre-finetuned, else "pre-finetuned: a+b" (its corpora)."""
+    meta = json.loads((pathlib.Path(path) / "config.json").read_text())
+    config = meta.get("config", meta)
+    if config.get("method") != "prefinetune":
+        return "plain"
+    return "pre-finetuned: " + "+".join(config["prefinetune"]["corpora"])
+
+
+def emotion_xcorpus_report(run_dir: str) -> str:
+    """`make demo-emotion-xcorpus`'s report: few-shot macro-F1 per k of the plain and pre-finetuned
+    encoders, target UAR/WAR of Emo-DNA and of its source-only baseline, the adaptation's selected
+    share and thresholds per step; the summary line. "prefinetuned" in it is the encoder pre-finetuned
+    on every corpus (the most corpora), fixed before any result."""
+    run = pathlib.Path(run_dir)
+    shots = json.loads((run / "few_shot.json").read_text())
+    labels = {path: _encoder_label(path) for path in shots["models"]}
+    scores = {m: json.loads((run / f"classify_{m}.json").read_text()) for m in ("source_only", "adapted")}
+    plain = next(p for p, label in labels.items() if label == "plain")
+    full = max((p for p, label in labels.items() if label != "plain"), key=lambda p: labels[p].count("+"))
+
+    def f1(path, k):
+        return shots["models"][path][str(k)]["macro_f1"]
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ks = shots["shots"]
+    for path, label in labels.items():
+        per_k = shots["models"][path]
+        axes[0].errorbar(ks, [per_k[str(k)]["macro_f1"] for k in ks], yerr=[per_k[str(k)]["macro_f1_std"] for k in ks],
+                         marker="o", capsize=3, label=label, lw=2.5 if path in (plain, full) else 1)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(ks, [str(k) for k in ks])
+    axes[0].set(xlabel="shots k", ylabel="test macro-F1 (mean ± std over trials)",
+                title=f"few-shot on {pathlib.Path(shots['data']).name}: {len(shots['speakers'])} speakers × "
+                      f"{len(shots['emotions'])} emotions")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3)
+    names = ("source_only", "adapted")
+    for i, metric in enumerate(("uar", "war")):
+        bars = axes[1].bar(np.arange(2) + (i - 0.5) * 0.38, [scores[m][metric] for m in names], 0.38,
+                           label=metric.upper())
+        axes[1].bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    chance = 1 / len(scores["adapted"]["per_class"])
+    axes[1].axhline(chance, color="k", lw=0.8, ls="--", label=f"chance {chance:.2f}")
+    axes[1].set_xticks(np.arange(2), ["source only", "Emo-DNA"])
+    axes[1].set(ylim=(0, 1), ylabel="target test", title=f"{pathlib.Path(scores['adapted']['data']).name} test "
+                f"(n={sum(c['support'] for c in scores['adapted']['per_class'])}), trained on the source only")
+    axes[1].legend(fontsize=8)
+    metrics = run / "adapted" / "metrics.jsonl"
+    axes[2].plot(*_metric_curve(metrics, "selected"), color="k", lw=2, label="selected target share")
+    for key in sorted({k for line in metrics.read_text().splitlines() if line for k in json.loads(line)
+                       if k.startswith("thr_")}):
+        axes[2].plot(*_metric_curve(metrics, key), lw=1, label=f"threshold {key[4:]}")
+    axes[2].set(xlabel="step", ylim=(0, 1.02), title="Emo-DNA: adaptive thresholds, selected pseudo-labels")
+    axes[2].legend(fontsize=7)
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    png = run / "demo_emotion_xcorpus_report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    for path, label in labels.items():
+        print(f"few-shot {label}: macro-f1 " + " ".join(f"k{k}={f1(path, k):.4f}" for k in ks))
+    for m in names:
+        print(f"{m}: target test uar={scores[m]['uar']:.4f} war={scores[m]['war']:.4f} "
+              f"macro-f1={scores[m]['macro_f1']:.4f}")
+    print(f"report: {png}")
+    line = (f"demo-emotion-xcorpus: few-shot macro-f1 k8 plain={f1(plain, 8):.4f} prefinetuned={f1(full, 8):.4f} "
+            f"emo-dna uar source-only={scores['source_only']['uar']:.4f} adapted={scores['adapted']['uar']:.4f}")
+    print(line)
+    return line

@@ -67,7 +67,8 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
                          f"{sharding.data_parallel_size(mesh, rules)} data-parallel devices of {config.mesh}")
     method = method_lib.of(config)
-    source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
+    if method.train_data is None:  # a method with its own stream checks its datasets in prepare
+        source_lib.find_dataset_dir(config.data.dir)  # a clear error before anything is written
     if method.prepare:
         method.prepare(config)
     validation.check_config(config)
@@ -85,7 +86,7 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                  if config.get("eval_every", 0) else None)
     clip_seconds = method_lib.clip_seconds(config)
 
-    data = pipeline.train_dataset(config)
+    data = (method.train_data or pipeline.train_dataset)(config)
     iterator = iter(data)
     mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
                               every=config.checkpoint_every)

@@ -82,7 +82,7 @@ def _better(metric, a: dict, b: dict | None) -> bool:
 
 class Validator:
     def __init__(self, config, workdir, mesh, graphdef, state_sharding, batch_sharding, norm_stats):
-        from avpretrain.data import folds, source as source_lib
+        from avpretrain.data import folds
 
         self.config, self.workdir = config, pathlib.Path(workdir)
         self.every, self.metric = int(config.eval_every), str(config.eval.metric)
@@ -95,12 +95,19 @@ class Validator:
         method = method_lib.of(config)
         self.inputs = method.inputs(config)
         # a missing split (or missing transcripts for a model that reads text) fails here, before training
-        self.src = pipeline.with_text(config.data, config.eval.split, folds.split_source(config.data, config.eval.split),
-                                      self.inputs)
+        data = config.data
+        self.data_dir = str(config.eval.get("dir", "") or config.data.dir)
+        if self.data_dir != str(config.data.dir):  # an explicit held-out split of another dataset (e.g. the target)
+            data = config.data.copy_and_resolve_references()
+            with data.unlocked():
+                # the training data's classes, matched by name in that dataset
+                data.dir, data.folds, data.classes = self.data_dir, "", tuple(folds.class_names(config.data))
+            metrics_lib.log(f"validation reads the labelled split {config.eval.split!r} of {self.data_dir} (config.eval.dir),"
+                            f" not of the training data {config.data.dir}: its labels select the step")
+        self.src = pipeline.with_text(data, config.eval.split, folds.split_source(data, config.eval.split), self.inputs)
         self.task = task(config)
         self.targets = tuple(config.model.dimensions) if self.task == "regress" else None
-        self.class_names = (None if self.targets else
-                            list(source_lib.open_builder(config.data.dir).info.features["label"].names))
+        self.class_names = None if self.targets else folds.class_names(config.data)
         self.batch_sharding = batch_sharding
         self.norm_stats = norm_stats
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -200,7 +207,7 @@ class Validator:
     def _save_best(self, path: pathlib.Path, state) -> None:
         from avpretrain import export
 
-        params = nnx.to_pure_dict(state)["model"]
+        params = export.exported_part(self.config, nnx.to_pure_dict(state)["model"])
         if path.exists() and jax.process_index() == 0:
             shutil.rmtree(path)
         export.write_export(path, self.config, params, self.norm_stats)
@@ -209,7 +216,7 @@ class Validator:
         """Writes ``selected.json`` (call once the step's training checkpoint is committed) and removes
         the best directories it no longer names."""
         self.record.update(metric=self.metric, split=str(self.config.eval.split), eval_every=self.every,
-                           patience=self.patience)
+                           patience=self.patience, data=self.data_dir)
         if jax.process_index() == 0:
             jobs.write_json(self.workdir / SELECTED_NAME, self.record)
         self.resume(max([h["step"] for h in self.history] or [0]))

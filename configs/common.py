@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.text_field = "captions"  # what 'text_emb' embeds: captions (M2D-CLAP) | transcript (audio-text fusion)
     c.data.folds = ""             # a folds.json of `avpretrain kfold`: the splits are those of fold data.fold
     c.data.fold = -1
+    c.data.classes = ()           # supervised: only these classes (names), relabelled in this order; (): all
 
     # Initialise some params from another run (e.g. stage 2 from stage 1) before step 0.
     c.init = ml_collections.ConfigDict()

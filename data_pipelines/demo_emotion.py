@@ -27,7 +27,8 @@ Corpora (`--corpus`), each with its own six speakers, sentences, label set and c
 
 Stored as the emotion contract (data_pipelines.emotion) at 16 kHz: label, arousal/valence/dominance
 (1-7), speaker (`<corpus>-NN`), corpus (`demo_emotion_<corpus>`), transcript. Splits are speaker-
-disjoint: speakers 0-3 train, 4 validation, 5 test. Clip `index` (speaker `index % 6`, emotion
+disjoint: speakers 0-3 train, 4 validation, 5 test; or, with `--split_by clip`, ESD's layout (every
+speaker in train / validation / test, 3 : 1 : 1, every emotion in each: the few-shot protocol's). Clip `index` (speaker `index % 6`, emotion
 `(index + index // 6) % len(emotions)`) depends only on (corpus, seed, index).
 
 One corpus per DATA_DIR (build each into its own):
@@ -54,6 +55,10 @@ EMOTION_TARGETS = {
 }
 SENTENCE_VALENCE = {'positive': 6.0, 'neutral': 4.0, 'negative': 2.0}
 SPLIT_OF_SPEAKER = ('train', 'train', 'train', 'train', 'validation', 'test')
+# split_by="clip" (ESD's layout: every speaker in every split): a speaker's clips in blocks of one
+# clip per emotion, blocks in turn to train, train, train, validation, test.
+SPLIT_OF_BLOCK = ('train', 'train', 'train', 'validation', 'test')
+SPLIT_BY = ('speaker', 'clip')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +124,15 @@ def speaker_offsets(corpus_name: str, k: int) -> tuple[float, float]:
 def clip_speaker_emotion(corpus: Corpus, index: int) -> tuple[int, str]:
     n = len(corpus.voices)
     return index % n, corpus.emotions[(index + index // n) % len(corpus.emotions)]
+
+
+def split_of(corpus: Corpus, index: int, split_by: str = 'speaker') -> str:
+    """The split of clip ``index``: by its speaker (speaker-disjoint splits), or by its place among its
+    speaker's clips (``clip``: the j-th clip of a speaker is in block j // #emotions, and each block of
+    consecutive clips has every emotion once, so every split has every speaker and emotion)."""
+    if split_by == 'speaker':
+        return SPLIT_OF_SPEAKER[clip_speaker_emotion(corpus, index)[0]]
+    return SPLIT_OF_BLOCK[(index // len(corpus.voices) // len(corpus.emotions)) % len(SPLIT_OF_BLOCK)]
 
 
 @dataclasses.dataclass
@@ -205,10 +219,13 @@ class DemoEmotion(common.AudioBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version('1.0.0')
 
-    def __init__(self, *, corpus: str = 'studio', num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0, **kwargs):
+    def __init__(self, *, corpus: str = 'studio', num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0,
+                 split_by: str = 'speaker', **kwargs):
         if corpus not in CORPORA:
             raise ValueError(f'demo_emotion corpus {corpus!r}: choose one of {", ".join(CORPORA)}')
-        self.corpus, self.num_clips, self.seed = corpus, num_clips, seed
+        if split_by not in SPLIT_BY:
+            raise ValueError(f'demo_emotion split_by={split_by!r}: choose one of {", ".join(SPLIT_BY)}')
+        self.corpus, self.num_clips, self.seed, self.split_by = corpus, num_clips, seed, split_by
         self.skipped = []
         super().__init__(**kwargs)
 
@@ -220,14 +237,14 @@ class DemoEmotion(common.AudioBuilder, skip_registration=True):
             features=emotion.features(c.emotions),
             metadata=tfds.core.MetadataDict(
                 sample_rate=SR, corpus=f'demo_emotion_{self.corpus}', channel=c.channel, seed=self.seed,
-                num_clips=self.num_clips, voices=list(c.voices), dimensions_scale='1-7'),
+                num_clips=self.num_clips, voices=list(c.voices), dimensions_scale='1-7', split_by=self.split_by),
         )
 
     def _split_generators(self, dl_manager):
         corpus = CORPORA[self.corpus]
         indices = {split: [] for split in common.SPLITS}
         for i in range(self.num_clips):
-            indices[SPLIT_OF_SPEAKER[clip_speaker_emotion(corpus, i)[0]]].append(i)
+            indices[split_of(corpus, i, self.split_by)].append(i)
         return {s: self._generate_examples(indices[s]) for s in common.SPLITS if indices[s]}
 
     def _generate_examples(self, indices):
@@ -236,11 +253,14 @@ class DemoEmotion(common.AudioBuilder, skip_registration=True):
             yield example['id'], example
 
 
-def build(out: str, *, corpus: str = 'studio', num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0) -> common.BuildReport:
+def build(out: str, *, corpus: str = 'studio', num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0,
+          split_by: str = 'speaker') -> common.BuildReport:
     """Generates corpus `corpus` of the emotional-speech demo into a TFDS dataset in DATA_DIR `out`."""
     if corpus not in CORPORA:
         raise ValueError(f'demo_emotion corpus {corpus!r}: choose one of {", ".join(CORPORA)}')
-    return common.prepare_dataset(DemoEmotion, out, corpus=corpus, num_clips=num_clips, seed=seed)
+    if split_by not in SPLIT_BY:
+        raise ValueError(f'demo_emotion split_by={split_by!r}: choose one of {", ".join(SPLIT_BY)}')
+    return common.prepare_dataset(DemoEmotion, out, corpus=corpus, num_clips=num_clips, seed=seed, split_by=split_by)
 
 
 def main(argv=None) -> None:
@@ -249,6 +269,7 @@ def main(argv=None) -> None:
     parser.add_argument('--corpus', default='studio', choices=list(CORPORA))
     parser.add_argument('--num_clips', type=int, default=DEFAULT_NUM_CLIPS)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--split_by', default='speaker', choices=SPLIT_BY)
     build(**vars(parser.parse_args(argv)))
 
 

@@ -183,12 +183,20 @@ def test_export_takes_the_selected_step_and_classify_reports(trained, tokens, tm
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_classify_refuses_labels_outside_the_heads_classes(trained, tmp_path, capsys):
+def test_classify_on_a_dataset_with_other_classes_scores_the_models_classes_by_name(trained, tmp_path, capsys):
+    """Another corpus (here: one more class): its clips of the model's classes are scored, matched by
+    name, and the others are left out and counted, never scored against a class the head lacks."""
     workdir, _, _ = trained
     more = write_token_dataset(tmp_path / "more", speakers=3, classes=(*CLASSES, "fearful"))
-    assert cli.main(["eval", "classify", f"--model={validation.selected_export(workdir)}", f"--data={more}"]) == 2
-    err = capsys.readouterr().err
-    assert re.search(r"label 3 of record \d+ \(id 'spk02-fearful-0'\) is outside the model's 3 classes", err), err
+    assert cli.main(["eval", "classify", f"--model={validation.selected_export(workdir)}", f"--data={more}",
+                     f"--json-out={tmp_path / 'r.json'}"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert f"left out: {report['left_out']['clips']} clips of ['fearful'] classes" in out
+    assert report["left_out"]["clips"] > 0 and [c["name"] for c in report["per_class"]] == list(CLASSES)
+    missing = write_token_dataset(tmp_path / "fewer", speakers=3, classes=CLASSES[:2])
+    assert cli.main(["eval", "classify", f"--model={validation.selected_export(workdir)}", f"--data={missing}"]) == 2
+    assert f"it has no ['{CLASSES[2]}']" in capsys.readouterr().err
 
 
 def test_early_stopping_and_its_resume(tokens, tmp_path):

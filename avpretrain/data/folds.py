@@ -153,16 +153,57 @@ class SubsetSource:
         return self.sources[split][index]
 
 
+class ClassSubset(SubsetSource):
+    """The records of ``records`` whose class is one of ``classes`` (names), each relabelled to its
+    class's index in ``classes``; ``dropped`` counts the others. Every record's label is read once."""
+
+    def __init__(self, data_dir, records, classes):
+        names = dataset_class_names(data_dir)
+        classes = [str(c) for c in classes]
+        missing = [c for c in classes if c not in names]
+        if missing:
+            raise ValueError(f"config.data.classes={tuple(classes)}: {data_dir} has no class {missing} (its classes: "
+                             f"{names})")
+        super().__init__(data_dir, records)
+        self.classes, self.remap = classes, np.array([classes.index(n) if n in classes else -1 for n in names])
+        kept = [r for r in self.records if self.remap[int(self.sources[r[0]][r[1]]["label"])] >= 0]
+        self.dropped, self.records = len(self.records) - len(kept), kept
+
+    def __getitem__(self, i):
+        element = super().__getitem__(i)
+        return element | {"label": np.int64(self.remap[int(element["label"])])}
+
+
+def dataset_class_names(data_dir) -> list[str]:
+    """The names of the dataset's classes (its ``label`` feature), in label order."""
+    features = source_lib.open_builder(data_dir).info.features
+    if "label" not in features or not hasattr(features["label"], "names"):
+        raise ValueError(f"{data_dir} has no class labels")
+    return list(features["label"].names)
+
+
+def class_names(data) -> list[str]:
+    """The classes a ``config.data`` reads: ``data.classes`` when set (a subset, in that order), else
+    all of the dataset's."""
+    return [str(c) for c in data.get("classes", ())] or dataset_class_names(data.dir)
+
+
 def split_source(data, split: str):
     """The records of ``split`` (a ``config.data``): the dataset's own split, or, with ``data.folds``
-    and ``data.fold`` >= 0, that fold's ``train`` / ``validation`` / ``test`` examples."""
+    and ``data.fold`` >= 0, that fold's ``train`` / ``validation`` / ``test`` examples; with
+    ``data.classes``, only the examples of those classes, relabelled in that order (``ClassSubset``)."""
     folds_file, fold = str(data.get("folds", "") or ""), int(data.get("fold", -1))
+    classes = tuple(data.get("classes", ()))
     if not folds_file or fold < 0:
-        return source_lib.data_source(data.dir, split)
+        if not classes or list(classes) == dataset_class_names(data.dir):
+            return source_lib.data_source(data.dir, split)
+        return ClassSubset(data.dir, [(split, i) for i in range(len(source_lib.data_source(data.dir, split)))], classes)
     folds = read(folds_file)
     if fold >= len(folds["folds"]):
         raise ValueError(f"config.data.fold={fold} but {folds_file} has {len(folds['folds'])} folds")
     records = folds["folds"][fold]["records"]
     if split not in records:
         raise ValueError(f"split {split!r} of fold {fold}: a fold has {list(records)}")
+    if classes:
+        return ClassSubset(data.dir, records[split], classes)
     return SubsetSource(data.dir, records[split])

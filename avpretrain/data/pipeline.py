@@ -36,6 +36,14 @@ FIELDS = {
 CODE_FIELDS = ("audio_codes", "video_codes")
 DIMENSION_FIELDS = ("arousal", "valence", "dominance")
 TARGET_FIELDS = ("label", *DIMENSION_FIELDS)  # what a supervised model learns from, not what it reads
+# Added by a method's own training stream (``data.streams``), not read from a record: which corpus
+# (``task``) or which dataset, source 0 / target 1 (``domain``), a row came from.
+STREAM_FIELDS = ("task", "domain")
+
+
+def model_fields(inputs: dict) -> dict:
+    """The fields of a method's ``inputs`` that its model reads to predict (no targets, no stream tags)."""
+    return {k: v for k, v in inputs.items() if k not in TARGET_FIELDS + STREAM_FIELDS}
 AUDIO_CODE_FRAMES_PER_VIDEO_FRAME = 2  # 20 ms audio code frames, 40 ms video frames
 
 
@@ -290,8 +298,9 @@ def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None
     # Threads read and crop single clips ahead of the consumer; the buffer counts clips, not
     # batches (grain's default of 500 *batches* held gigabytes per host at pretraining batch sizes).
     batch = process_batch_size(config.batch_size)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
-                                              prefetch_buffer_size=config.data.prefetch_batches * batch))
+    buffer = config.data.prefetch_batches * batch
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(config.data.read_threads, buffer),  # more would idle
+                                              prefetch_buffer_size=buffer))
     ds = ds.batch(batch, drop_remainder=True)
     if config.data.num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))

@@ -29,7 +29,7 @@ def predict_source(src, inputs: dict, predict, *, batch_size: int, class_names=N
     """
     if (class_names is None) == (targets is None):
         raise ValueError("predict_source: give class_names (classification) or targets (regression)")
-    crop = pipeline.Crop({k: v for k, v in inputs.items() if k not in pipeline.TARGET_FIELDS})
+    crop = pipeline.Crop(pipeline.model_fields(inputs))
     names = list(class_names if class_names is not None else targets)
     C, N = len(names), len(src)
     sums, counts = np.zeros((N, C)), np.zeros(N)
@@ -116,23 +116,27 @@ def scores(predicted: dict, class_names) -> dict:
     return result
 
 
-def data_config(data_dir, folds_file: str = "", fold: int = -1, text_field: str = "captions", text_model: str = ""):
-    """A ``config.data`` for ``folds.split_source`` (a dataset's splits, or one fold's) and
-    ``pipeline.with_text`` (which stored text embeddings a model reads)."""
+def data_config(data_dir, folds_file: str = "", fold: int = -1, text_field: str = "captions", text_model: str = "",
+                classes=()):
+    """A ``config.data`` for ``folds.split_source`` (a dataset's splits, or one fold's; with ``classes``
+    only those, relabelled in that order) and ``pipeline.with_text`` (which stored text embeddings a
+    model reads)."""
     import ml_collections
 
     return ml_collections.ConfigDict({"dir": str(data_dir), "folds": str(folds_file or ""), "fold": int(fold),
-                                      "text_field": str(text_field), "text_model": str(text_model)})
+                                      "text_field": str(text_field), "text_model": str(text_model),
+                                      "classes": tuple(classes)})
 
 
-def model_source(model, data_dir, split: str, folds_file: str = "", fold: int = -1):
+def model_source(model, data_dir, split: str, folds_file: str = "", fold: int = -1, classes=()):
     """The records of ``split`` of ``data_dir`` (or of a fold) that an exported model (``Predictor``)
     reads: with its transcripts' (or captions') stored embeddings when it reads text, embedded by the
-    model's own text model."""
+    model's own text model; with ``classes``, only the records of those classes, relabelled in that order."""
     from avpretrain.data import folds
 
     trained = model.config.data
-    data = data_config(data_dir, folds_file, fold, trained.get("text_field", "captions"), trained.get("text_model", ""))
+    data = data_config(data_dir, folds_file, fold, trained.get("text_field", "captions"), trained.get("text_model", ""),
+                       classes)
     return pipeline.with_text(data, split, folds.split_source(data, split), model.inputs,
                               what=f"{data_dir} split {split!r}")
 
@@ -150,16 +154,23 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
         raise ValueError(f"{model_dir} is a {model.config.method!r} export, not a classifier: fine-tune one with "
                          "configs/finetune.py")
     names = list(source_lib.open_builder(data_dir).info.features["label"].names)
-    if names[:len(model.class_names)] != model.class_names:
-        raise ValueError(f"{data_dir}: its classes {names} are not the model's {model.class_names}")
-    src = model_source(model, data_dir, split, folds_file, fold)
+    by_name = ()  # the data's labels are the model's: evaluate as stored
+    if names != model.class_names:
+        missing = [c for c in model.class_names if c not in names]
+        if missing:
+            raise ValueError(f"{data_dir}: its classes {names} are not the model's {model.class_names} (it has no "
+                             f"{missing})")
+        by_name = model.class_names  # another corpus: its clips of the model's classes, matched by name
+    src = model_source(model, data_dir, split, folds_file, fold, by_name)
     predicted = predict_source(src, model.inputs, model.predict, batch_size=batch_size, class_names=model.class_names,
                                what=f"{data_dir} split {split!r}")
     result = scores(predicted, model.class_names)
     png = pathlib.Path(png) if png else pathlib.Path(model_dir) / "eval" / f"confusion-{split}.png"
     classify_lib.confusion_png(np.asarray(result["confusion"]), model.class_names, png,
                                title=title or f"{pathlib.Path(model_dir).name} on {split} (n={len(predicted['labels'])})")
-    return result | {"model": str(model_dir), "data": str(data_dir), "split": split, "confusion_png": str(png)}
+    other = {"left_out": {"clips": int(getattr(getattr(src, "src", src), "dropped", 0)), "classes": [n for n in names if n not in model.class_names]}} \
+        if by_name else {}
+    return result | {"model": str(model_dir), "data": str(data_dir), "split": split, "confusion_png": str(png), **other}
 
 
 def regress(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, folds_file: str = "",

@@ -120,8 +120,9 @@ BACKBONES = {
         create=_m2d_create, inputs=_m2d_inputs, tokens=_m2d_tokens, width=lambda enc: int(_m2d_kwargs(enc)["width"]),
         modalities=lambda enc: ("audio",), params=lambda enc: ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")),
 }
-# A distilled student (models/distill.py) exports as an M2D encoder of its own size.
-BACKBONES["distill"] = BACKBONES["m2d"]
+# A distilled student (models/distill.py) and a pre-finetuned encoder (models/prefinetune.py) export
+# as M2D encoders.
+BACKBONES["distill"] = BACKBONES["prefinetune"] = BACKBONES["m2d"]
 
 
 def _vq_fields(enc):
@@ -327,7 +328,7 @@ def prepare(config) -> None:
     import ml_collections
 
     from avpretrain import metrics as metrics_lib
-    from avpretrain.data import source as source_lib
+    from avpretrain.data import folds
 
     if config.init.path:
         src = source_config(config.init.path)
@@ -350,7 +351,7 @@ def prepare(config) -> None:
         with config.unlocked():
             config.model.target_mean = tuple(means)
         return
-    names = list(source_lib.open_builder(config.data.dir).info.features["label"].names)
+    names = folds.class_names(config.data)
     if config.model.num_classes and int(config.model.num_classes) != len(names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} has "
                          f"{len(names)} classes {names}")
@@ -449,7 +450,7 @@ class Predictor:
             self.class_names = list(config.model.class_names)
         else:
             self.dimensions = list(config.model.dimensions)
-        self.inputs = {k: v for k, v in inputs(config).items() if k not in pipeline.TARGET_FIELDS}
+        self.inputs = pipeline.model_fields(method.of(config).inputs(config))
         graphdef, state = nnx.split(model)
         self._state = state
         self._predict = jax.jit(lambda state, batch: nnx.merge(graphdef, state).predict(batch))

@@ -186,20 +186,9 @@ def prepare(config) -> None:
     """Fills the teacher's architecture and statistics, the student's size and the targets."""
     import ml_collections
 
-    from avpretrain import metrics as metrics_lib, workdir as workdir_lib
-    from avpretrain.models import classifier
+    from avpretrain import metrics as metrics_lib
 
-    if not config.teacher.path:
-        raise ValueError("config.teacher.path is empty: name the exported encoder to distil (avpretrain export)")
-    src = classifier.source_config(config.teacher.path)
-    if src.get("method") not in ("m2d", "m2d_clap", "m2d2", "distill"):
-        raise ValueError(f"config.teacher.path={config.teacher.path} is a {src.get('method')!r} model; distillation "
-                         "takes an M2D-family encoder (m2d, m2d_clap, m2d2, distill)")
-    rate = src.get("data", {}).get("sample_rate", config.data.sample_rate)
-    if rate != config.data.sample_rate:
-        raise ValueError(f"config.teacher.path={config.teacher.path} was trained at {rate} Hz, "
-                         f"config.data.sample_rate is {config.data.sample_rate}")
-    stats = tuple(workdir_lib.model_norm_stats(config.teacher.path))
+    src, stats = m2d.encoder_source(config.teacher.path, "teacher.path", config.data.sample_rate)
     if config.data.norm_stats and tuple(float(v) for v in config.data.norm_stats) != stats:
         raise ValueError(f"config.data.norm_stats={tuple(config.data.norm_stats)}: the student must see the teacher's "
                          f"input, normalised with its statistics {stats}; leave it empty")

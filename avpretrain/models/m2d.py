@@ -225,6 +225,29 @@ def audio_inputs(config) -> dict:
     return {"audio": method.Field((audio.num_samples_for_frames(config.model.input_frames),))}
 
 
+# Methods whose export is an M2D encoder (``pretrained_encoder``): what distillation, pre-finetuning
+# and domain adaptation start from.
+FAMILY = ("m2d", "m2d_clap", "m2d2", "distill", "prefinetune")
+
+
+def encoder_source(path, key: str, sample_rate: int) -> tuple[dict, tuple[float, float]]:
+    """The config (a dict) and log-mel statistics of the M2D-family export or workdir at ``path``
+    (``key``: the config key that named it, for errors), refusing another method or sample rate."""
+    from avpretrain import workdir as workdir_lib
+    from avpretrain.models import classifier
+
+    if not path:
+        raise ValueError(f"config.{key} is empty: name an exported M2D-family encoder (avpretrain export)")
+    src = classifier.source_config(path)
+    if src.get("method") not in FAMILY:
+        raise ValueError(f"config.{key}={path} is a {src.get('method')!r} model; this takes an M2D-family encoder "
+                         f"({', '.join(FAMILY)})")
+    rate = src.get("data", {}).get("sample_rate", sample_rate)
+    if rate != sample_rate:
+        raise ValueError(f"config.{key}={path} was trained at {rate} Hz, config.data.sample_rate is {sample_rate}")
+    return src, tuple(workdir_lib.model_norm_stats(path))
+
+
 def pretrained_encoder(model, config, meta):
     """The export adapter of the M2D family: ``export.PretrainedEncoder`` (frame/scene embeddings)."""
     from avpretrain.export import PretrainedEncoder
