@@ -248,7 +248,7 @@ def emotion_xcorpus_report(run_dir: str) -> str:
     axes[1].axhline(chance, color="k", lw=0.8, ls="--", label=f"chance {chance:.2f}")
     axes[1].set_xticks(np.arange(2), ["source only", "Emo-DNA"])
     axes[1].set(ylim=(0, 1), ylabel="target test", title=f"{pathlib.Path(scores['adapted']['data']).name} test "
-                f"(n={sum(c['support'] for c in scores['adapted']['per_class'])}), trained on the source only")
+                f"(n={sum(c['support'] for c in scores['adapted']['per_class'])}); no target label in training")
     axes[1].legend(fontsize=8)
     metrics = run / "adapted" / "metrics.jsonl"
     axes[2].plot(*_metric_curve(metrics, "selected"), color="k", lw=2, label="selected target share")
