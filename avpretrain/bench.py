@@ -187,6 +187,19 @@ def _pipeline_figures(config, batches: int, windows: int = 5) -> dict:
             "pipeline_clips_per_s_total": clips / max(time.perf_counter() - start, 1e-9)}
 
 
+def prepare_without_data(config) -> bool:
+    """The method's ``prepare`` when the config names its data (e.g. the stored caption embeddings'
+    width); without data, a stand-in text width for a model that reads text. Whether it has data."""
+    method = method_lib.of(config)
+    has_data = bool(config.data.dir or config.data.get("dirs"))
+    if has_data and method.prepare:
+        method.prepare(config)
+    if ("text_dim" in config.model and not config.model.get("text_dim")
+            and config.model.get("text_fusion", True)):  # a model that reads text, no dataset: a stand-in width
+        config.model.text_dim = SYNTHETIC_TEXT_DIM
+    return has_data
+
+
 def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, data_batches: int = 20,
         quiet: bool = False) -> dict:
     """Benchmarks ``config``; prints a block of figures ending in one ``bench:`` line; returns them.
@@ -196,12 +209,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     method = method_lib.of(config)
-    has_data = bool(config.data.dir or config.data.get("dirs"))
-    if has_data and method.prepare:  # e.g. the text width of the stored caption embeddings
-        method.prepare(config)
-    if ("text_dim" in config.model and not config.model.get("text_dim")
-            and config.model.get("text_fusion", True)):  # a model that reads text, no dataset: a stand-in width
-        config.model.text_dim = SYNTHETIC_TEXT_DIM
+    has_data = prepare_without_data(config)
     mesh = sharding.make_mesh(config.mesh)
     clip_seconds = method_lib.clip_seconds(config)
     r = {"batch_size": config.batch_size, "num_devices": jax.device_count(),

@@ -397,6 +397,15 @@ def cmd_bench(args, overrides):
               data_batches=args.data_batches)
 
 
+def cmd_aot(args, overrides):
+    config = _load_config(args, overrides)
+    from avpretrain import aot, bench
+
+    with config.unlocked():
+        bench.prepare_without_data(config)  # widths read from the data, or stand-ins without it
+    return 0 if aot.run(config, args.topology) else 1
+
+
 def cmd_report(args, overrides):
     from avpretrain import report
 
@@ -592,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     _distributed_args(n)
     n.set_defaults(func=cmd_bench)
 
+    a = sub.add_parser("aot", help="will it fit? compile the sharded train step for a TPU topology here (libtpu, "
+                       "no TPU): per-device memory vs HBM, FLOPs, collectives; exit 1 when it does not fit")
+    a.add_argument("--config", required=True)
+    a.add_argument("--topology", required=True, help="TYPE:SHAPE, e.g. v5e:16x16, v5p:4x4x8, v4:2x2x4, v6e:8x8")
+    a.set_defaults(func=cmd_aot)
     r = sub.add_parser("report", help="demo report: loss curve + probe bars PNG, summary line")
     r.add_argument("--run-dir", required=True)
     r.add_argument("--kind", choices=["m2d", "clap", "av", "emotion", "emotion-xcorpus"], default="m2d",

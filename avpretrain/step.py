@@ -108,11 +108,11 @@ def make_train_step(config, mesh, graphdef, state, norm_stats):
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     schedule = learning_rate(config)
-    base_key = jax.random.key(config.seed)
 
     def step_fn(state, batch, step):
         ts = nnx.merge(graphdef, state)
-        rng = jax.random.fold_in(base_key, step)
+        # the key made in the trace: nothing runs eagerly here (``avpretrain aot`` has no devices to run on)
+        rng = jax.random.fold_in(jax.random.key(config.seed), step)
         out = update(ts, frontend.apply(method.frontend, batch, norm_stats), rng, step, config)
         finite = jnp.isfinite(out["loss"])
         if "grad_norm" in out:
