@@ -101,7 +101,17 @@ def test_compatible_resume_warns_records_and_keeps_norm_stats(data_dir, tmp_path
     assert len((workdir / "config_history.jsonl").read_text().splitlines()) == 1
 
 
-def test_sigint_saves_a_checkpoint_and_exits_zero_then_resumes(data_dir, tmp_path):
+
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler, whatever this process inherited: a suite started in the background
+    (`make test &`) inherits an ignored SIGINT, which the trainer rightly leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_saves_a_checkpoint_and_exits_zero_then_resumes(sigint_default, data_dir, tmp_path):
     workdir = tmp_path / "w"
     proc, overrides = start_training(data_dir, workdir, **STATS)
     proc.send_signal(signal.SIGINT)
@@ -114,7 +124,7 @@ def test_sigint_saves_a_checkpoint_and_exits_zero_then_resumes(data_dir, tmp_pat
     assert train.train(config, workdir, stop_at=saved[0] + 1).step == saved[0] + 1
 
 
-def test_second_ctrl_c_interrupts_at_once(data_dir, tmp_path, monkeypatch, capsys):
+def test_second_ctrl_c_interrupts_at_once(sigint_default, data_dir, tmp_path, monkeypatch, capsys):
     write = metrics_lib.MetricWriter.write
 
     def ctrl_c_twice_at_step_2(self, step, record):
