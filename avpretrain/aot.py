@@ -104,7 +104,7 @@ def count_collectives(hlo_text: str) -> dict:
 
 def compile_step(config, topology: str) -> Report:
     """The compiled train step of ``config`` on ``topology``: its memory, FLOPs and collectives."""
-    kind, shape, chips = parse_topology(topology)
+    kind, shape, _ = parse_topology(topology)
     ensure_libtpu()
     import jax
     import jax.numpy as jnp

@@ -306,11 +306,12 @@ def train_data(config):
     from avpretrain.data import pipeline, streams
 
     adapt = bool(config.emo_dna.adapt)
-    fields = pipeline.model_fields(inputs(config))
+    declared = inputs(config)
+    fields = pipeline.model_fields(declared)
     source = config.copy_and_resolve_references()
     with source.unlocked():
         source.batch_size = config.batch_size // 2 if adapt else config.batch_size
-    parents = [pipeline.train_dataset(source, inputs=fields | {"label": inputs(config)["label"]})]
+    parents = [pipeline.train_dataset(source, inputs=fields | {"label": declared["label"]})]
     if adapt:
         target = source.copy_and_resolve_references()
         with target.unlocked():

@@ -143,8 +143,9 @@ def prepare(config) -> None:
     from avpretrain.data import folds, source as source_lib
 
     src, stats = m2d.encoder_source(config.init.path, "init.path", config.data.sample_rate)
+    chosen = selected(config)
     corpora, classes, sizes = [], [], []
-    for name, d in selected(config):
+    for name, d in chosen:
         source_lib.find_dataset_dir(d)
         features = source_lib.open_builder(d).info.features
         if "label" not in features or not hasattr(features["label"], "names"):
@@ -164,7 +165,7 @@ def prepare(config) -> None:
         config.prefinetune.init_method = src["method"]
         config.data.norm_stats = stats
         p = config.prefinetune
-        p.corpora, p.dirs = tuple(corpora), tuple(d for _, d in selected(config))
+        p.corpora, p.dirs = tuple(corpora), tuple(d for _, d in chosen)
         p.num_classes, p.sizes = tuple(len(c) for c in classes), tuple(sizes)
         p.class_names = tuple(",".join(c) for c in classes)
     total = sum(sizes)
