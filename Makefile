@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,text]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,text,beam]'
 	$(PY) -m pip install -q --no-deps -c constraints.txt --target $(VENV)/libtpu libtpu
 	touch $(STAMP)
 

@@ -1,7 +1,8 @@
 """The ``avpretrain`` command (also ``python -m avpretrain``).
 
   avpretrain data build demo --out DATA
-  avpretrain data build audio_folder --source DIR --out DATA   (also: audiocaps, clotho)
+  avpretrain data build audio_folder --source DIR --out DATA   (also: audiocaps, clotho, audioset, av_folder, ...)
+      [--beam [--beam-options runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=N]]
   avpretrain data stats --config=configs/m2d.py:size=tiny,runlocal --config.data.dir=DATA --workdir=W
   avpretrain data embed-captions --data DATA [--model NAME_OR_PATH] [--batch-size 256] [--shard i/n]
       [--field transcript [--asr-model DIR]]
@@ -135,6 +136,13 @@ EMOTION_BUILDERS = ("msp_podcast", "iemocap", "esd", "crema_d_audio")  # the emo
 def cmd_data_build(args, overrides):
     """Builds the dataset; the build prints its report (skipped files, warnings, counts)."""
     _output_dir(args.out, "--out")
+    beam = {} if args.beam_options is None and not args.beam else {"beam_options": args.beam_options or ""}
+    if beam:
+        if args.name in ("demo", "demo_av", "demo_emotion"):
+            raise ValueError(f"--beam builds datasets from a source folder; {args.name} is generated in process")
+        from data_pipelines import common
+
+        common.beam_pipeline_options(beam["beam_options"])  # a bad option fails before the source is listed
     if args.name == "demo":
         from data_pipelines import demo
 
@@ -163,7 +171,7 @@ def cmd_data_build(args, overrides):
         if args.name == "iemocap":
             kwargs["classes"] = args.classes
         module.build(args.source, args.out, sample_rate=args.sample_rate, min_seconds=args.min_seconds,
-                     allow_outside_source=args.allow_outside_source, **kwargs)
+                     allow_outside_source=args.allow_outside_source, **kwargs, **beam)
 
 
 def cmd_data_show(args, overrides):
@@ -251,7 +259,10 @@ def cmd_eval_linear_probe(args, overrides):
         from avpretrain.evaluate.linear_probe import FALLBACK_VALID_FRACTION
 
         print(f"no validation split in {args.data}: holding out {FALLBACK_VALID_FRACTION:.0%} of train for early stopping")
-    print(f"linear-probe accuracy={result['test_accuracy']:.4f}")
+    if result["metric"] == "mAP" and result["test_classes_without_positives"]:
+        print(f"multi-label: {result['test_classes_without_positives']} of {result['num_classes']} classes have no "
+              f"positive in test and are left out of its mAP")
+    print(f"linear-probe {result['metric']}={result['test_score']:.4f}")
 
 
 def cmd_eval_regress(args, overrides):
@@ -339,6 +350,14 @@ def cmd_eval_zero_shot(args, overrides):
     result = audio_text.zero_shot(args.model, args.data, template=args.template, split=args.split,
                                   batch_size=args.batch_size)
     _write_json(args.json_out, result)
+    if result["multi_label"]:
+        left_out = result["classes_without_positives"]
+        note = f" ({left_out} without a positive, left out of the mAP)" if left_out else ""
+        print(f"zero-shot multi-label over {result['num_examples']} {args.split} clips, {len(result['prompts'])} "
+              f"classes{note}: top-1 prompt is one of the clip's classes for {result['top1_hit']:.4f} of the clips "
+              f"(mAP of a random ranking ≈ {result['prevalence']:.4f})")
+        print(f"zero-shot mAP={result['mAP']:.4f}")
+        return
     print(f"zero-shot mAP={result['mAP']:.4f} over {result['num_examples']} {args.split} clips, "
           f"{len(result['prompts'])} classes (chance accuracy {result['chance']:.4f})")
     print(f"zero-shot accuracy={result['accuracy']:.4f}")
@@ -436,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     b = d.add_parser("build", help="build a dataset (TFDS ArrayRecord)")
-    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "demo_av", "demo_emotion",
-                                    *AV_BUILDERS, *EMOTION_BUILDERS])
+    b.add_argument("name", choices=["demo", "audio_folder", "audiocaps", "clotho", "audioset", "demo_av",
+                                    "demo_emotion", *AV_BUILDERS, *EMOTION_BUILDERS])
     b.add_argument("--out", required=True, help="dataset directory (TFDS data_dir)")
     b.add_argument("--source", help="audio_folder: the folder (class sub-folders or manifest.csv); "
                    "audiocaps/clotho: the downloaded corpus (caption CSVs + audio)")
@@ -458,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the few-shot protocol)")
     b.add_argument("--classes", choices=("all", "four"), default="all",
                    help="iemocap: every category, or the usual four (neutral, happy incl. excited, sad, angry)")
+    b.add_argument("--beam", action="store_true",
+                   help="decode and write with an Apache Beam pipeline (DirectRunner in process unless --beam-options "
+                        "says otherwise); for every builder with a --source")
+    b.add_argument("--beam-options", metavar="K=V,...",
+                   help="Beam pipeline options (implies --beam), e.g. runner=DirectRunner,direct_running_mode="
+                        "multi_processing,direct_num_workers=8, or a Dataflow/Flink/Spark runner's options")
     b.add_argument("--audio-optional", action="store_true",
                    help="av_folder: keep videos without an audio stream (video-only examples)")
     b.set_defaults(func=cmd_data_build)

@@ -60,6 +60,8 @@ class Entry:
     # the transcript ('' when none).
     dims: tuple[float, float, float] | None = None
     transcript: str = ''
+    # Multi-label corpora (data_pipelines.audioset): every positive class, by name.
+    labels: tuple[str, ...] = ()
 
 
 def list_class_folders(
@@ -306,23 +308,29 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
         return common.example(entry.id, np.load(stored), entry.label, entry.speaker, entry.captions)
 
     def _split_generators(self, dl_manager):
-        # Decode every file once (in threads: libsndfile, soxr, FFmpeg and OpenCV release the
-        # GIL), keep the result in scratch space so memory stays flat, then split the usable ones.
+        # Decode every file once and keep the result in scratch space so memory stays flat (in
+        # threads: libsndfile, soxr, FFmpeg and OpenCV release the GIL; or, with --beam, in the
+        # workers of a Beam pipeline), then split the usable ones.
         scratch = pathlib.Path(dl_manager.download_dir) / 'decoded'
         scratch.mkdir(parents=True, exist_ok=True)
+        stored = [scratch / f'{i}.npy' for i in range(len(self.entries))]
+        if self.beam_options is not None:
+            from data_pipelines import beam_build
 
-        # load_audio silences librosa's warnings, but catch_warnings is not thread-safe: silence
-        # them here, for all the threads.
-        with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
-            warnings.simplefilter('ignore')
-            decoded = list(tfds.core.utils.tqdm(
-                pool.map(lambda ie: self.decode(ie[1], scratch / f'{ie[0]}.npy'), enumerate(self.entries)),
-                total=len(self.entries), desc='Decoding', unit=' files', leave=False,
-            ))
+            decoded = beam_build.decode_all(self, stored)
+        else:
+            # load_audio silences librosa's warnings, but catch_warnings is not thread-safe:
+            # silence them here, for all the threads.
+            with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
+                warnings.simplefilter('ignore')
+                decoded = list(tfds.core.utils.tqdm(
+                    pool.map(self.decode, self.entries, stored),
+                    total=len(self.entries), desc='Decoding', unit=' files', leave=False,
+                ))
         usable = []
         for i, (entry, (reason, notes)) in enumerate(zip(self.entries, decoded)):
             if reason is None:
-                usable.append((i, entry))
+                usable.append((stored[i], entry))
                 self.warnings += [(str(entry.path), note) for note in notes]
             else:
                 self.skipped.append((str(entry.path), reason))
@@ -332,30 +340,35 @@ class AudioFolder(common.AudioBuilder, skip_registration=True):
                 self.skipped,
             )
 
-        usable.sort(key=lambda ie: ie[1].id)
+        usable.sort(key=lambda item: item[1].id)
         seeded = common.stratified_split(
             [e.label for _, e in usable], self.seed, self.val_fraction, self.test_fraction
         )
         by_split = {s: [] for s in common.SPLITS}
-        for (i, entry), split in zip(usable, seeded):
-            by_split.setdefault(entry.split or split, []).append((scratch / f'{i}.npy', entry))
+        for item, split in zip(usable, seeded):
+            by_split.setdefault(item[1].split or split, []).append(item)
+        if self.beam_options is not None:
+            return {s: beam_build.LoadExamples(self, s, items, scratch) for s, items in by_split.items() if items}
         return {s: self._generate_examples(items) for s, items in by_split.items() if items}
 
     def _generate_examples(self, items):
         for stored, entry in items:
             yield entry.id, self.load_example(stored, entry)
 
+    # With Beam (data_pipelines.beam_build), prepare_dataset sets `beam_options`.
+    SUPPORTS_BEAM = True
+
 
 def build(
     source: str, out: str, *, sample_rate: int = 16000, seed: int = 0, val_fraction: float = 0.1,
     test_fraction: float = 0.1, min_seconds: float = 0.5, num_workers: int | None = None,
-    allow_outside_source: bool = False,
+    allow_outside_source: bool = False, beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds the audio in `source` into a TFDS dataset in DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(
         AudioFolder, out, source=source, sample_rate=sample_rate, seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, min_seconds=min_seconds,
-        num_workers=num_workers, allow_outside_source=allow_outside_source,
+        num_workers=num_workers, allow_outside_source=allow_outside_source, beam_options=beam_options,
     )
 
 
@@ -376,11 +389,12 @@ def main(argv=None) -> None:
 def build_corpus(
     builder_cls: type[AudioFolder], source: str, out: str, *, sample_rate: int = 16000,
     min_seconds: float = 0.5, num_workers: int | None = None, allow_outside_source: bool = False,
+    beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds a corpus with its own splits (an AudioFolder subclass) from `source` into `out`."""
     return common.prepare_dataset(
         builder_cls, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
-        num_workers=num_workers, allow_outside_source=allow_outside_source,
+        num_workers=num_workers, allow_outside_source=allow_outside_source, beam_options=beam_options,
     )
 
 

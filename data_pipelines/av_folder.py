@@ -137,14 +137,14 @@ def build(
     source: str, out: str, *, sample_rate: int = common.AV_SAMPLE_RATE, seed: int = 0,
     val_fraction: float = 0.1, test_fraction: float = 0.1, min_seconds: float = 0.5,
     num_workers: int | None = None, allow_outside_source: bool = False, require_audio: bool = True,
-    max_no_face_fraction: float = 0.5, detect_every: int = 5,
+    max_no_face_fraction: float = 0.5, detect_every: int = 5, beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds the videos in `source` into a TFDS dataset in DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(
         AVFolder, out, source=source, sample_rate=sample_rate, seed=seed, val_fraction=val_fraction,
         test_fraction=test_fraction, min_seconds=min_seconds, num_workers=num_workers,
         allow_outside_source=allow_outside_source, require_audio=require_audio,
-        max_no_face_fraction=max_no_face_fraction, detect_every=detect_every,
+        max_no_face_fraction=max_no_face_fraction, detect_every=detect_every, beam_options=beam_options,
     )
 
 

@@ -5,11 +5,15 @@ Every builder writes one TFDS dataset (ArrayRecord files) into DATA_DIR with the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import inspect
+import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -236,6 +240,11 @@ class AudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _log_download_done(self) -> None:
         pass
 
+    # Builders that can run as Apache Beam pipelines (audio_folder.AudioFolder and its subclasses)
+    # set SUPPORTS_BEAM; prepare_dataset then sets `beam_options` (PipelineOptions) for a Beam build.
+    SUPPORTS_BEAM = False
+    beam_options = None
+
 
 @dataclasses.dataclass
 class BuildReport:
@@ -280,11 +289,55 @@ class BuildReport:
         return cls(**report)
 
 
+def beam_pipeline_options(text: str):
+    """`--beam-options` text, 'key=value,key=value' (a value may hold commas: a new option starts at
+    `,key=`), as Beam PipelineOptions; '' is Beam's defaults (the DirectRunner, in process).
+
+    An option Beam does not know (Beam itself would drop it with a log line) is a ValueError.
+    """
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        raise ValueError('--beam needs Apache Beam: pip install "avpretrain[beam]" '
+                         '(make venv installs it)') from None
+    items = [item.strip() for item in re.split(r',(?=\s*[A-Za-z_][\w-]*=)', text) if item.strip()]
+    known = PipelineOptions([]).get_all_options()
+    flags = []
+    for item in items:
+        key, sep, value = item.partition('=')
+        key = key.strip().lstrip('-').replace('-', '_')
+        if not sep or not key:
+            raise ValueError(f'--beam-options: {item!r} is not key=value '
+                             '(e.g. runner=DirectRunner,direct_num_workers=4)')
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            raise ValueError(f'--beam-options: unknown Beam option {key!r}'
+                             + (f' (did you mean {", ".join(close)}?)' if close else ''))
+        flags.append(f'--{key}={value.strip()}')
+    if not any(f.startswith('--default_sdk_harness_log_level=') for f in flags):
+        flags.append('--default_sdk_harness_log_level=WARNING')  # workers log every bundle at INFO
+    said = io.StringIO()
+    try:
+        options = PipelineOptions(flags)
+        with contextlib.redirect_stderr(said):  # argparse prints its usage, then exits
+            options.get_all_options()  # parses: a bad value (direct_num_workers=x) fails here
+    except (SystemExit, ValueError) as e:
+        why = said.getvalue().strip().splitlines()[-1:] or [str(e)]
+        raise ValueError(f'--beam-options {text!r}: a value Beam cannot parse ({why[0]})') from None
+    return options
+
+
 def prepare_dataset(
-    builder_cls: type[AudioBuilder], out: str | pathlib.Path, **builder_kwargs
+    builder_cls: type[AudioBuilder], out: str | pathlib.Path, *, beam_options: str | None = None,
+    **builder_kwargs,
 ) -> BuildReport:
     """Builds `builder_cls(file_format='array_record', **builder_kwargs)` into DATA_DIR `out`,
     writes `out/build_report.json` and prints the report's lines.
+
+    With `beam_options` (a string for `beam_pipeline_options`, '' for the defaults) the examples are
+    decoded and written by an Apache Beam pipeline (builders with SUPPORTS_BEAM): the same records
+    as the plain build, with what the workers skipped reported the same way. The scratch space under
+    `out` must then be reachable from every worker (a shared file system on Flink/Spark clusters).
 
     The dataset is generated in scratch space under `out` and moved into place when complete,
     replacing an earlier build of the same dataset; a second, different dataset next to an
@@ -301,6 +354,12 @@ def prepare_dataset(
             f'{out} already holds another dataset ({", ".join(map(str, others))}); '
             'build into an empty directory.'
         )
+    download_config = None
+    if beam_options is not None:
+        if not builder_cls.SUPPORTS_BEAM:
+            raise ValueError(f'{builder_cls.name} does not build with Beam (--beam is for audio_folder, '
+                             'av_folder, audioset and the other folder and corpus builders)')
+        download_config = tfds.download.DownloadConfig(beam_options=beam_pipeline_options(beam_options))
     created = next((p for p in reversed([out, *out.absolute().parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     tfds.display_progress_bar(sys.stderr.isatty())  # nested bars leave control codes in logs
@@ -310,7 +369,10 @@ def prepare_dataset(
         with tempfile.TemporaryDirectory(dir=out, prefix='.build-') as scratch:
             staging = pathlib.Path(scratch, 'data')
             builder = builder_cls(data_dir=str(staging), file_format='array_record', **builder_kwargs)
-            builder.download_and_prepare(download_dir=str(pathlib.Path(scratch, 'download')))
+            if download_config is not None:
+                builder.beam_options = download_config.beam_options
+            builder.download_and_prepare(download_dir=str(pathlib.Path(scratch, 'download')),
+                                         download_config=download_config)
             dataset_dir = out / pathlib.Path(builder.data_dir).relative_to(staging)
             if dataset_root.exists():
                 shutil.rmtree(dataset_root)

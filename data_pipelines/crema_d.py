@@ -117,13 +117,13 @@ class CremaD(av_folder.AVFolder, skip_registration=True):
 def build(
     source: str, out: str, *, sample_rate: int = common.AV_SAMPLE_RATE, min_seconds: float = 0.5,
     allow_outside_source: bool = False, max_no_face_fraction: float = 0.5, num_workers: int | None = None,
-    detect_every: int = 5,
+    detect_every: int = 5, beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds CREMA-D from `source` into DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(
         CremaD, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
         allow_outside_source=allow_outside_source, max_no_face_fraction=max_no_face_fraction,
-        num_workers=num_workers, detect_every=detect_every,
+        num_workers=num_workers, detect_every=detect_every, beam_options=beam_options,
     )
 
 

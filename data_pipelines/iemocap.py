@@ -141,10 +141,12 @@ class Iemocap(emotion.EmotionCorpus, skip_registration=True):
 
 
 def build(source: str, out: str, *, sample_rate: int = 16000, min_seconds: float = 0.5,
-          num_workers: int | None = None, allow_outside_source: bool = False, classes: str = 'all') -> common.BuildReport:
+          num_workers: int | None = None, allow_outside_source: bool = False, classes: str = 'all',
+          beam_options: str | None = None) -> common.BuildReport:
     """Builds IEMOCAP from `source` into DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(Iemocap, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
-                                  num_workers=num_workers, allow_outside_source=allow_outside_source, classes=classes)
+                                  num_workers=num_workers, allow_outside_source=allow_outside_source, classes=classes,
+                                  beam_options=beam_options)
 
 
 if __name__ == '__main__':

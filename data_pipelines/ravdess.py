@@ -144,13 +144,14 @@ def build(
     source: str, out: str, *, sample_rate: int = common.AV_SAMPLE_RATE, min_seconds: float = 0.5,
     allow_outside_source: bool = False, max_no_face_fraction: float = 0.5, num_workers: int | None = None,
     require_audio: bool = True, detect_every: int = 5, vocal_channels: tuple[str, ...] = ('speech', 'song'),
+    beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds RAVDESS (audio-video files) from `source` into DATA_DIR `out`; see the module doc."""
     return common.prepare_dataset(
         Ravdess, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
         allow_outside_source=allow_outside_source, max_no_face_fraction=max_no_face_fraction,
         num_workers=num_workers, require_audio=require_audio, detect_every=detect_every,
-        vocal_channels=vocal_channels,
+        vocal_channels=vocal_channels, beam_options=beam_options,
     )
 
 

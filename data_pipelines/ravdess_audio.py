@@ -44,6 +44,7 @@ def build(
     source: str, out: str, *, sample_rate: int = 16000, min_seconds: float = 0.5,
     allow_outside_source: bool = False, max_no_face_fraction: float | None = None,
     num_workers: int | None = None, vocal_channels: tuple[str, ...] = ('speech', 'song'),
+    beam_options: str | None = None,
 ) -> common.BuildReport:
     """Builds RAVDESS audio-only from `source` into DATA_DIR `out`; see the module doc.
     `max_no_face_fraction` is accepted for the command line's sake and unused (no video)."""
@@ -51,7 +52,7 @@ def build(
     return common.prepare_dataset(
         RavdessAudio, out, source=source, sample_rate=sample_rate, min_seconds=min_seconds,
         allow_outside_source=allow_outside_source, num_workers=num_workers,
-        vocal_channels=vocal_channels,
+        vocal_channels=vocal_channels, beam_options=beam_options,
     )
 
 

@@ -205,3 +205,16 @@ def test_find_dataset_dir_errors_are_clear(tmp_path, demo_dir):
     assert source.find_dataset_dir(dataset_dir) == dataset_dir
     with pytest.raises(ValueError, match="split 'dev' not in"):
         source.data_source(out, 'dev')
+
+
+def test_grain_worker_processes_give_the_in_process_batches(data_dir):
+    """data.num_workers > 0 (grain's mp_prefetch) starts, and hands out the batches of the in-process pipeline
+    (grain 0.2.18 raised UnparsedFlagAccessError outside absl.app: google/grain#1355)."""
+    from avpretrain.data import pipeline
+    from helpers import tiny_config
+
+    with_workers = iter(pipeline.train_dataset(tiny_config(data_dir, **{"data.num_workers": 1})))
+    in_process = iter(pipeline.train_dataset(tiny_config(data_dir)))
+    for _ in range(2):
+        a, b = next(with_workers), next(in_process)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

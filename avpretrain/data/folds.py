@@ -35,6 +35,7 @@ VALIDATION_SHARE = 0.2  # LOSO: validation speakers = this share of the non-test
 
 def dataset_records(data_dir) -> list[dict]:
     """Every example of every split, in dataset order: ``split``, ``index``, ``id``, ``speaker``, ``label``."""
+    source_lib.require_single_label(data_dir, "folds (avpretrain kfold)")
     builder = source_lib.open_builder(data_dir)
     out = []
     for split in builder.info.splits:
@@ -175,10 +176,12 @@ class ClassSubset(SubsetSource):
 
 
 def dataset_class_names(data_dir) -> list[str]:
-    """The names of the dataset's classes (its ``label`` feature), in label order."""
+    """The names of the dataset's classes (its ``label`` feature), in label order, for a consumer of
+    one class per clip (fine-tuning, validation, ``data.classes``): a multi-label dataset is refused."""
     features = source_lib.open_builder(data_dir).info.features
     if "label" not in features or not hasattr(features["label"], "names"):
         raise ValueError(f"{data_dir} has no class labels")
+    source_lib.require_single_label(data_dir, "fine-tuning, validation and config.data.classes")
     return list(features["label"].names)
 
 

@@ -24,7 +24,8 @@ FIELDS = {
     "video": "uint8 [T, H, W, 3]: the face frames of the same window (T·640 = S when both are read)",
     "text_emb": "float16 [D]: one of the clip's stored caption embeddings, drawn at random (evaluation: the "
                 "first), or its transcript's (data.text_field)",
-    "label": "int32 []: the class index",
+    "label": "int32 []: the class index; declared float32 [C] (a multi-label dataset): the multi-hot of the "
+             "clip's classes",
     # emotion corpora (data_pipelines.emotion): ratings on the corpus's scale, NaN when unrated
     "arousal": "float32 []: the clip's arousal rating",
     "valence": "float32 []: the clip's valence rating",
@@ -45,6 +46,25 @@ def model_fields(inputs: dict) -> dict:
     """The fields of a method's ``inputs`` that its model reads to predict (no targets, no stream tags)."""
     return {k: v for k, v in inputs.items() if k not in TARGET_FIELDS + STREAM_FIELDS}
 AUDIO_CODE_FRAMES_PER_VIDEO_FRAME = 2  # 20 ms audio code frames, 40 ms video frames
+
+
+def batch_label(stored, num_classes: int | None = None) -> np.ndarray:
+    """A record's stored ``label`` as a batch label: without ``num_classes`` its class index, int32 [];
+    with it the multi-hot float32 [C=num_classes] of its classes (a multi-label record's int array
+    of positive classes, possibly empty, or a single-label record's one class). A multi-label record
+    where a class index is expected is a ValueError (``source.require_single_label`` names the
+    dataset before that)."""
+    if num_classes is None:
+        if np.ndim(stored):
+            raise ValueError(f"a multi-label record (label {np.asarray(stored).tolist()}, a list of classes) where one "
+                             "class index is expected")
+        return np.int32(stored)
+    classes = np.atleast_1d(np.asarray(stored, np.int64))
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+        raise ValueError(f"label {classes.tolist()} is outside the {num_classes} classes [0, {num_classes})")
+    multi_hot = np.zeros(num_classes, np.float32)
+    multi_hot[classes] = 1.0
+    return multi_hot
 
 
 def _crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -81,6 +101,9 @@ class Crop:
                              f"aligned: audio must be frames x {SAMPLES_PER_FRAME} samples ({VIDEO_FPS} fps at "
                              f"{AV_SAMPLE_RATE} Hz)")
         self.frame_shape = inputs["video"].shape[1:] if "video" in inputs else None
+        # a label declared [C]: the multi-hot of a multi-label record's classes, else the class index
+        self.label_classes = (int(inputs["label"].shape[0]) if "label" in inputs and len(inputs["label"].shape) == 1
+                              else None)
         self.fields = tuple(inputs)
         self.codes = {name: inputs[name] for name in CODE_FIELDS if name in inputs}
         if self.codes and (self.samples is not None or self.frames is not None):
@@ -168,7 +191,7 @@ class Crop:
             captions = element["caption_embeddings"]
             out["text_emb"] = np.asarray(captions[rng.integers(len(captions))])
         if "label" in self.fields:
-            out["label"] = np.int32(element["label"])
+            out["label"] = batch_label(element["label"], self.label_classes)
         for name in DIMENSION_FIELDS:
             if name in self.fields:
                 out[name] = np.float32(element[name])
@@ -264,6 +287,8 @@ def training_source(config, inputs: dict):
                          f"store (it has {sorted(stored.keys())}); "
                          + ("codes need a token dataset (avpretrain data tokenize)" if set(missing) & set(CODE_FIELDS)
                             else "video needs an audiovisual dataset (data build av_folder|ravdess|crema_d|demo_av)"))
+    if "label" in inputs and not len(inputs["label"].shape):
+        source_lib.require_single_label(config.data.dir, f"method {config.method!r}")
     if "text_emb" not in inputs:
         return src
     captioned = with_text(config.data, config.data.split, src, inputs)
@@ -303,8 +328,20 @@ def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None
                                               prefetch_buffer_size=buffer))
     ds = ds.batch(batch, drop_remainder=True)
     if config.data.num_workers > 0:
+        _absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
     return ds
+
+
+def _absl_flags_parsed() -> None:
+    """grain 0.2.18's ``mp_prefetch`` reads an absl flag (``grain_enable_multiprocess_worker_profiling``)
+    that nothing parses outside ``absl.app``, so it raised UnparsedFlagAccessError and any
+    ``data.num_workers > 0`` failed (google/grain#1355, fixed after 0.2.18). Marking the flags parsed
+    keeps every default; a program that parses them itself is left alone."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def to_global(batch: dict, sharding) -> dict:
@@ -317,11 +354,14 @@ def eval_batches(data_dir: str, split: str, *, batch_size: int, process_index: i
     shorter), each example read once.
 
     Each batch: ``audio`` (a list of float32 [samples] arrays, every clip at its own length: nothing is
-    padded), ``label`` [B] int32, and lists ``record`` (index in the split), ``id`` (str) and
-    ``captions`` (list of str).
+    padded), ``label`` [B] int32 (a multi-label dataset: [B, C] float32, each row the multi-hot of
+    the clip's classes, all zeros for a clip without any), and lists ``record`` (index in the split),
+    ``id`` (str) and ``captions`` (list of str).
     """
     from avpretrain.data import source as source_lib
 
+    meta = source_lib.dataset_meta(data_dir)
+    num_classes = len(meta.label_names) if meta.multi_label else None
     src = source_lib.data_source(data_dir, split)
     indices = np.arange(len(src))[process_index::process_count]
     for start in range(0, len(indices), batch_size):
@@ -329,8 +369,8 @@ def eval_batches(data_dir: str, split: str, *, batch_size: int, process_index: i
         for i in indices[start:start + batch_size]:
             example = src[int(i)]
             batch["audio"].append(example["audio"].astype(np.float32) * INT16_SCALE)
-            batch["label"].append(int(example["label"]))
+            batch["label"].append(batch_label(example["label"], num_classes))
             batch["record"].append(int(i))
             batch["id"].append(example["id"].decode())
             batch["captions"].append([c.decode() for c in example.get("captions", [])])
-        yield batch | {"label": np.asarray(batch["label"], np.int32)}
+        yield batch | {"label": np.stack(batch["label"])}

@@ -86,7 +86,8 @@ def contact_sheet(data_dir, out, *, split: str | None = None, n: int = 8, seed: 
     for row, ex, log_mel in zip(axes, examples, log_mels):
         jpegs = list(ex['video']) if has_video else []
         seconds = len(ex['audio']) / sr if len(ex['audio']) else len(jpegs) / fps
-        text = (f"{ex['id'].decode()}   label: {meta.label_names[int(ex['label'])]}   "
+        label = ', '.join(meta.label_names[int(c)] for c in np.atleast_1d(ex['label'])) or '-'  # multi-label: a list
+        text = (f"{ex['id'].decode()}   label{'s' if meta.multi_label else ''}: {label}   "
                 f"speaker: {ex['speaker'].decode() or '-'}   {seconds:.2f} s"
                 + (f'   {len(jpegs)} frames' if has_video else '')
                 + (f'   (first {MAX_SECONDS:g} s shown)' if seconds > MAX_SECONDS else ''))

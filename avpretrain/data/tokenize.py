@@ -280,6 +280,7 @@ def tokenize(data_dir, out, *, audio_vq=None, video_vq=None, shard=(0, 1), chunk
     dataset_dir = source.find_dataset_dir(data_dir)
     info = source.open_builder(dataset_dir).info
     meta = source.dataset_meta(dataset_dir)
+    source.require_single_label(dataset_dir, "data tokenize")
     paths = {m: p for m, p in (("audio", audio_vq), ("video", video_vq)) if p is not None}
     if "video" in paths and "video" not in info.features:
         raise ValueError(f"{dataset_dir} ({meta.name}) has no video: --video-vq needs an audiovisual dataset "
@@ -477,6 +478,7 @@ def benchmark(data_dir, *, audio_vq=None, video_vq=None, examples: int = 128, re
         raise ValueError("nothing to benchmark: give --audio-vq and/or --video-vq")
     dataset_dir = source.find_dataset_dir(data_dir)
     meta = source.dataset_meta(dataset_dir)
+    source.require_single_label(dataset_dir, "bench --tokenize")
     if "video" in paths and "video" not in source.open_builder(dataset_dir).info.features:
         raise ValueError(f"{dataset_dir} ({meta.name}) has no video: --video-vq needs an audiovisual dataset")
     tokenizers = {m: load_tokenizer(p, m) for m, p in paths.items()}

@@ -31,16 +31,17 @@ def _load(model_dir, data_dir):
 
 def embed_audio_split(encoder, data_dir, split: str, batch_size: int = 64):
     """Joint-space audio embeddings [N, D] of every clip of ``split`` and the clips' records:
-    dict of lists ``record``, ``id``, ``captions`` plus ``label`` [N]."""
+    dict of lists ``record``, ``id``, ``captions`` plus ``label``: int64 [N], or for a multi-label
+    dataset float32 [N, C] multi-hot (``pipeline.eval_batches``)."""
     embs, info = [], {"record": [], "id": [], "captions": [], "label": []}
     for batch in pipeline.eval_batches(data_dir, split, batch_size=batch_size):
         embs.append(encoder.embed_audio(batch["audio"], batch_size=batch_size))
-        for key in ("record", "id", "captions"):
-            info[key] += batch[key]
-        info["label"] += batch["label"].tolist()
+        for key in ("record", "id", "captions", "label"):
+            info[key] += list(batch[key])
     if not embs:
         raise ValueError(f"split {split!r} of {data_dir} is empty")
-    info["label"] = np.asarray(info["label"], np.int64)
+    labels = np.stack(info["label"])
+    info["label"] = labels if labels.ndim == 2 else labels.astype(np.int64)
     return np.concatenate(embs), info
 
 
@@ -53,19 +54,38 @@ def class_prompts(label_names, template: str = DEFAULT_TEMPLATE) -> list[str]:
 
 def zero_shot(model_dir, data_dir, *, template: str = DEFAULT_TEMPLATE, split: str = "test",
               batch_size: int = 64) -> dict:
-    """Top-1 accuracy (and mAP over one-hot labels) of the nearest class prompt, per clip of ``split``."""
+    """Each clip of ``split`` against one prompt per class, by cosine similarity.
+
+    Single-label: ``accuracy`` (the nearest prompt is the clip's class), ``mAP`` over one-hot labels
+    and ``chance`` (the majority class's share). Multi-label (``multi_label`` True): ``mAP``, the
+    main figure (per class the clips ranked by similarity to its prompt; macro over the classes
+    with a positive in the split, ``classes_without_positives`` counts those left out), ``prevalence``
+    (the mean share of positives of those classes, about what a random ranking scores) and
+    ``top1_hit`` (the share of clips with a class whose nearest prompt is one of their classes;
+    ``clips_without_classes`` counts those left out); no accuracy or chance.
+    """
     encoder, meta = _load(model_dir, data_dir)
     t0 = time.time()
     audio_emb, info = embed_audio_split(encoder, data_dir, split, batch_size)
     prompts = class_prompts(meta.label_names, template)
     text_emb = encoder.embed_text(prompts)
     labels = info["label"]
-    one_hot = np.eye(len(prompts))[labels]
-    return {"model": str(model_dir), "data": str(data_dir), "split": split, "template": template,
-            "accuracy": metrics.zero_shot_accuracy(audio_emb, text_emb, labels),
-            "mAP": metrics.zero_shot_map(audio_emb, text_emb, one_hot),
-            "chance": float(np.max(np.bincount(labels)) / len(labels)),
-            "num_examples": int(len(labels)), "prompts": prompts, "seconds": time.time() - t0}
+    common = {"model": str(model_dir), "data": str(data_dir), "split": split, "template": template,
+              "multi_label": meta.multi_label}
+    if meta.multi_label:
+        positive_NC = labels > 0
+        scored_C = positive_NC.any(axis=0)
+        scores = {"mAP": metrics.zero_shot_map(audio_emb, text_emb, labels),
+                  "prevalence": float(positive_NC.mean(axis=0)[scored_C].mean()),
+                  "top1_hit": metrics.zero_shot_top1_hit(audio_emb, text_emb, labels),
+                  "classes_without_positives": int((~scored_C).sum()),
+                  "clips_without_classes": int((~positive_NC.any(axis=1)).sum())}
+    else:
+        one_hot = np.eye(len(prompts))[labels]
+        scores = {"accuracy": metrics.zero_shot_accuracy(audio_emb, text_emb, labels),
+                  "mAP": metrics.zero_shot_map(audio_emb, text_emb, one_hot),
+                  "chance": float(np.max(np.bincount(labels)) / len(labels))}
+    return common | scores | {"num_examples": int(len(labels)), "prompts": prompts, "seconds": time.time() - t0}
 
 
 def caption_text_embeddings(encoder, data_dir, split, info) -> tuple[np.ndarray, np.ndarray, str]:

@@ -196,6 +196,7 @@ def dataset_clips(data_dir) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, n
     """(waveforms, labels, speakers, splits, class names) of every clip of the train, validation and test splits."""
     from avpretrain.data import pipeline, source as source_lib
 
+    source_lib.require_single_label(data_dir, "eval few-shot")
     meta = source_lib.dataset_meta(data_dir)
     missing = [s for s in ("train", "validation", "test") if s not in meta.num_examples]
     if missing:

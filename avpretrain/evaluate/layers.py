@@ -77,6 +77,7 @@ def analyse(model_dir, data_dir, *, task: str, split: str = "test", batch_size: 
         if not fields:
             raise ValueError(f"{data_dir} has no ratings ({', '.join(pipeline.DIMENSION_FIELDS)}); use --task classify")
     else:
+        source_lib.require_single_label(data_dir, "eval layers --task classify")
         fields, class_names = ["label"], list(info.features["label"].names)
 
     data = {}

@@ -32,11 +32,36 @@ def _rank_desc(scores):
     return np.argsort(-scores, axis=-1, kind="stable")
 
 
-def _average_precision(relevant_ranked, num_relevant):
-    """Σ over hits of precision@rank, / num_relevant (relevant_ranked: bool, best first)."""
-    hits = np.cumsum(relevant_ranked)
-    ranks = np.arange(1, len(relevant_ranked) + 1)
-    return float(np.sum((hits / ranks)[relevant_ranked]) / num_relevant)
+def average_precision(scores_NC, multi_hot_NC) -> np.ndarray:
+    """Per class, the average precision of ranking the N examples by score: [C], NaN for a class
+    without positives.
+
+    AP = Σ_{positives at rank r} precision@r / #positives (non-interpolated, as sklearn's
+    ``average_precision_score`` without ties; tied scores keep the lower index first).
+    ``multi_hot_NC``: > 0 marks a positive (bool, 0/1 ints or floats).
+    """
+    scores_NC, multi_hot_NC = np.asarray(scores_NC), np.asarray(multi_hot_NC)
+    if scores_NC.ndim != 2 or multi_hot_NC.shape != scores_NC.shape:
+        raise ValueError(f"scores_NC and multi_hot_NC must both be [N, C], got {scores_NC.shape} and "
+                         f"{multi_hot_NC.shape}")
+    if not np.all(np.isfinite(scores_NC)):
+        raise ValueError("scores_NC contains NaN or inf")
+    order_NC = np.argsort(-scores_NC, axis=0, kind="stable")
+    positive_NC = np.take_along_axis(multi_hot_NC > 0, order_NC, axis=0)
+    precision_NC = np.cumsum(positive_NC, axis=0) / np.arange(1, len(positive_NC) + 1)[:, None]
+    num_pos_C = positive_NC.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_pos_C > 0, (precision_NC * positive_NC).sum(axis=0) / num_pos_C, np.nan)
+
+
+def mean_average_precision(scores_NC, multi_hot_NC) -> float:
+    """mAP: the mean of ``average_precision`` over the classes with at least one positive (classes
+    without are left out: count them with ``(multi_hot_NC > 0).any(0)``). The one mAP of the zero-shot
+    and linear-probe evaluations; no positive at all is a ValueError."""
+    ap_C = average_precision(scores_NC, multi_hot_NC)
+    if np.isnan(ap_C).all():
+        raise ValueError("multi_hot_NC has no positive in any class: mAP is undefined")
+    return float(np.nanmean(ap_C))
 
 
 def zero_shot_accuracy(audio_emb_ND, class_text_emb_CD, labels_N) -> float:
@@ -51,26 +76,28 @@ def zero_shot_accuracy(audio_emb_ND, class_text_emb_CD, labels_N) -> float:
 
 
 def zero_shot_map(audio_emb_ND, class_text_emb_CD, multi_hot_NC) -> float:
-    """Mean over classes of the average precision of the cosine scores (multi-label zero-shot).
-
-    Per class the audios are ranked by cosine similarity to the class text embedding;
-    AP = Σ_{positives at rank r} precision@r / #positives (non-interpolated, as sklearn's
-    ``average_precision_score`` without ties). Classes without positives are skipped.
+    """``mean_average_precision`` of the cosine scores (multi-label zero-shot): per class the audios
+    are ranked by cosine similarity to the class text embedding; classes without positives are skipped.
     """
     sim_NC = _cosine("audio_emb_ND", audio_emb_ND, "class_text_emb_CD", class_text_emb_CD)
     multi_hot_NC = np.asarray(multi_hot_NC)
     if multi_hot_NC.shape != sim_NC.shape:
         raise ValueError(f"multi_hot_NC must be [N, C] = {sim_NC.shape}, got {multi_hot_NC.shape}")
-    positive_NC = multi_hot_NC > 0
-    aps = []
-    for c in range(sim_NC.shape[1]):
-        num_pos = int(positive_NC[:, c].sum())
-        if num_pos:
-            order = _rank_desc(sim_NC[:, c])
-            aps.append(_average_precision(positive_NC[order, c], num_pos))
-    if not aps:
+    return mean_average_precision(sim_NC, multi_hot_NC)
+
+
+def zero_shot_top1_hit(audio_emb_ND, class_text_emb_CD, multi_hot_NC) -> float:
+    """Multi-label zero-shot: the fraction of the audios with at least one positive whose most
+    cosine-similar class text embedding is one of their positives (audios without are left out)."""
+    sim_NC = _cosine("audio_emb_ND", audio_emb_ND, "class_text_emb_CD", class_text_emb_CD)
+    positive_NC = np.asarray(multi_hot_NC) > 0
+    if positive_NC.shape != sim_NC.shape:
+        raise ValueError(f"multi_hot_NC must be [N, C] = {sim_NC.shape}, got {positive_NC.shape}")
+    labelled_N = positive_NC.any(axis=1)
+    if not labelled_N.any():
         raise ValueError("multi_hot_NC has no positive in any class")
-    return float(np.mean(aps))
+    hit_N = positive_NC[np.arange(len(sim_NC)), np.argmax(sim_NC, axis=1)]
+    return float(hit_N[labelled_N].mean())
 
 
 def retrieval_metrics(audio_emb_ND, text_emb_MD, text_to_audio_M) -> dict:

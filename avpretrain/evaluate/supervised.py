@@ -149,6 +149,7 @@ def classify(model_dir, data_dir, *, split: str = "test", batch_size: int = 64, 
     from avpretrain.data import source as source_lib
     from avpretrain.evaluate import classify as classify_lib
 
+    source_lib.require_single_label(data_dir, "eval classify")
     model = export.load_pretrained(str(model_dir))
     if getattr(model, "task", "classify") != "classify" or not hasattr(model, "class_names"):
         raise ValueError(f"{model_dir} is a {model.config.method!r} export, not a classifier: fine-tune one with "

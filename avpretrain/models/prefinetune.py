@@ -150,6 +150,7 @@ def prepare(config) -> None:
         features = source_lib.open_builder(d).info.features
         if "label" not in features or not hasattr(features["label"], "names"):
             raise ValueError(f"{d} (corpus {name!r}) has no class labels: pre-finetuning trains a classifier per corpus")
+        source_lib.require_single_label(d, f"pre-finetuning (corpus {name!r})")
         labels = tuple(features["label"].names)
         if len(labels) < 2:
             raise ValueError(f"{d} (corpus {name!r}) has {len(labels)} class {list(labels)}: a head needs at least 2")
