@@ -7,6 +7,8 @@ Saves are asynchronous; ``Saver`` turns a failed one into one ``SaveFailedError`
 """
 from __future__ import annotations
 
+import json
+
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
@@ -52,6 +54,72 @@ class SaveFailedError(RuntimeError):
     pass
 
 
+# -- integrity: what a crash, a torn copy or a cleanup can leave behind --------------------------------
+# Orbax writes a step into a temporary directory and renames it when complete, so a killed save leaves
+# no step behind. What it cannot see is a finished step damaged afterwards: files truncated or deleted
+# (a crash of the file system, a partial copy, a cleanup). After each save completes, process 0
+# records every file of the step with its size; a restore checks the record (and that the metadata
+# parses) before reading, identically on every process (they read the same shared directory), so
+# all processes agree on the step to restore without a collective. Flipped bits inside a file of the
+# right size are not detected here: TensorStore does not checksum the arrays' chunks.
+FILES_NAME = "avpretrain_files.json"
+REJECTED_NAME = "rejected_checkpoints"  # beside checkpoints/: steps moved aside, never deleted
+
+
+class CheckpointUnusableError(ValueError):
+    """No checkpoint of a workdir that has some can be restored (each step's problem in the message)."""
+
+
+def record_files(step_dir) -> None:
+    """Writes ``FILES_NAME`` into a finished step: every file's path (relative) and size."""
+    step_dir = epath.Path(step_dir)
+    files = {str(f.relative_to(step_dir)): f.stat().length for f in _files(step_dir) if f.name != FILES_NAME}
+    tmp = step_dir / (FILES_NAME + ".tmp")
+    tmp.write_text(json.dumps(files, indent=0, sort_keys=True))
+    tmp.rename(step_dir / FILES_NAME)
+
+
+def _files(directory: epath.Path):
+    """Every file under ``directory`` (epath has no recursive glob on all its backends)."""
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            yield from _files(entry)
+        else:
+            yield entry
+
+
+def step_problem(step_dir) -> str | None:
+    """Why the finished step ``step_dir`` cannot be restored, or None when it looks whole: a file
+    recorded at save time that is missing or has another size, metadata that does not parse."""
+    step_dir = epath.Path(step_dir)
+    record = step_dir / FILES_NAME
+    if record.exists():
+        try:
+            files = json.loads(record.read_text())
+        except ValueError:
+            return f"{FILES_NAME} does not parse"
+        for name, size in sorted(files.items()):
+            f = step_dir / name
+            if not f.exists():
+                return f"{name} is missing"
+            if f.stat().length != size:
+                return f"{name} is {f.stat().length} bytes, {size} when saved (truncated?)"
+    for name in ("_CHECKPOINT_METADATA", "state/_METADATA"):
+        f = step_dir / name
+        if not f.exists():
+            return f"{name} is missing"
+        try:
+            json.loads(f.read_text())
+        except ValueError:
+            return f"{name} does not parse"
+    for f in sorted((step_dir / "iter").glob("*.json")) if (step_dir / "iter").exists() else ():
+        try:
+            json.loads(f.read_text())
+        except ValueError:
+            return f"iter/{f.name} does not parse"
+    return None
+
+
 class Saver:
     """Saves through ``mngr`` and stops at the first failed one.
 
@@ -73,12 +141,15 @@ class Saver:
             self._fail(step, e)
 
     def check(self, *, wait: bool = False) -> None:
-        """Raises SaveFailedError if the save in flight failed; ``wait``: block until it is done."""
+        """Raises SaveFailedError if the save in flight failed; ``wait``: block until it is done.
+        A save that completed gets its file record (``record_files``)."""
         if self.in_flight is None or (not wait and self.mngr.is_saving_in_progress()):
             return
         step, self.in_flight = self.in_flight, None
         try:
             self.mngr.wait_until_finished()
+            if jax.process_index() == 0:
+                record_files(self.mngr.directory / str(step))
         except Exception as e:
             self._fail(step, e)
 
@@ -96,6 +167,62 @@ class Saver:
     def close(self) -> None:
         if not self.failed:  # a failed manager raises the error again on close (its threads have ended)
             self.mngr.close()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like_state: dict, iterator=None, *,
+                   log=print) -> tuple[int, dict | None]:
+    """(step, state) of the latest usable checkpoint, (0, None) when there is none.
+
+    A damaged later step (``step_problem``) is passed over with a warning and moved aside into
+    ``<workdir>/rejected_checkpoints/<step>`` once an earlier one has restored, so that the run can
+    save that step again. When every step is damaged, nothing is moved and CheckpointUnusableError
+    names each one's problem: a run never starts from scratch over checkpoints it could not read.
+    A step that looks whole but fails to restore raises with the step and the fix.
+    """
+    directory = epath.Path(mngr.directory)
+    rejected = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        problem = step_problem(directory / str(step))
+        if problem:
+            log(f"warning: checkpoint step {step} is damaged ({directory / str(step)}: {problem}); "
+                "trying the one before")
+            rejected.append((step, problem))
+            continue
+        try:
+            state = restore(mngr, step, like_state, iterator)
+        except Exception as e:
+            raise CheckpointUnusableError(
+                f"checkpoint step {step} in {directory} looks whole but does not restore "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); move {directory / str(step)} "
+                "aside to resume from the one before") from e
+        if rejected:
+            _move_aside(mngr, rejected)
+            log(f"resuming from step {step}; damaged later steps moved to {directory.parent / REJECTED_NAME}")
+        return step, state
+    if rejected:
+        raise CheckpointUnusableError(
+            f"no usable checkpoint in {directory}: " + "; ".join(f"step {s}: {p}" for s, p in rejected)
+            + ". Nothing was changed; move the checkpoints directory away to start from scratch")
+    return 0, None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, rejected) -> None:
+    directory = epath.Path(mngr.directory)
+    if jax.process_index() == 0:
+        aside = directory.parent / REJECTED_NAME
+        aside.mkdir(parents=True, exist_ok=True)
+        for step, problem in rejected:
+            target = aside / str(step)
+            n = 1
+            while target.exists():  # a step rejected again in a later run
+                target, n = aside / f"{step}.{n}", n + 1
+            (directory / str(step)).rename(target)
+            (target / "REJECTED.txt").write_text(problem + "\n")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("avpretrain: damaged checkpoints moved aside")
+    mngr.reload()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=None) -> dict:

@@ -105,6 +105,7 @@ _CHECKS = {
     "data.read_threads": (lambda v: v >= 1, "a positive integer"),
     "data.prefetch_batches": (lambda v: v >= 1, "a positive integer"),
     "data.stats_batches": (lambda v: v >= 1, "a positive integer"),
+    "data.max_bad_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "data.sample_rate": (lambda v: v >= 1, "a positive integer"),
     "model.input_frames": (lambda v: v >= 1, "a positive integer"),
     "model.mask_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),

@@ -90,9 +90,8 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
     iterator = iter(data)
     mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
                               every=config.checkpoint_every)
-    start = mngr.latest_step() or 0
+    start, restored = checkpoint.restore_latest(mngr, nnx.to_pure_dict(state), iterator, log=metrics_lib.log)
     if start:
-        restored = checkpoint.restore(mngr, start, nnx.to_pure_dict(state), iterator)
         nnx.replace_by_pure_dict(state, restored)
         metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}")
     else:

@@ -96,7 +96,7 @@ RESUMABLE_KEYS = ("config_spec", "seed", "total_steps", "batch_size", "log_every
                   "eval_every", "eval.patience", "eval.batch_size",
                   "keep_checkpoints", "mesh", "sharding_rules", "init.*", "ema.*", "optim.base_lr", "optim.b1",
                   "optim.b2", "optim.weight_decay", "optim.warmup_fraction", "optim.grad_clip", "data.dir",
-                  "data.split", "data.read_threads", "data.prefetch_batches", "data.stats_batches",
+                  "data.split", "data.read_threads", "data.prefetch_batches", "data.stats_batches", "data.max_bad_fraction",
                   # how the step computes, not what it learns: a run may move to a GPU, bf16 or remat
                   "model.dtype", "model.attention", "model.remat")
 

@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0        # grain worker processes per host (use 8–32 on real hosts)
     c.data.read_threads = 16      # grain threads reading + cropping clips (per process / worker)
     c.data.prefetch_batches = 2   # clips read ahead = this × the per-process batch
+    c.data.max_bad_fraction = 0.01  # corrupt records skipped in training; more than this share (of >= 1000 reads) stops
     c.data.norm_stats = ()        # (mean, std); empty: read <workdir>/norm_stats.json or compute it
     c.data.stats_batches = 20
     c.data.use_captions = False   # batches carry 'text_emb': one stored caption embedding per clip

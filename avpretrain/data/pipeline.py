@@ -5,6 +5,8 @@ evaluation pipeline visits every example of a split exactly once, each clip at i
 """
 from __future__ import annotations
 
+import os
+import threading
 
 import jax
 import numpy as np
@@ -304,6 +306,65 @@ def process_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
+class BadDataError(ValueError):
+    """More of the training records were unreadable than ``data.max_bad_fraction`` allows."""
+
+
+class TolerantRead:
+    """``random_map`` body: reads record ``index`` of ``src`` and crops it; a record that cannot be
+    read or decoded (a corrupt ArrayRecord chunk, a broken JPEG frame, ...) is skipped, counted and
+    logged with its index and id, and the next record stands in for it, so that every position of
+    the stream still yields one example (the stream, and a resume, stay deterministic).
+
+    More than ``max_bad_fraction`` of the reads of this process (or worker; counted over at least
+    1000 reads, so a few bad records early on do not stop a run; 0: any bad record stops it) raises
+    BadDataError with the last problem.
+    """
+
+    MAX_IN_A_ROW = 16  # substitutes tried for one position before giving up on the stream
+
+    def __init__(self, src, crop, what: str, max_bad_fraction: float):
+        self.src, self.crop, self.what, self.max_bad_fraction = src, crop, what, max_bad_fraction
+        self.reads = self.bad = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # grain's worker processes get a copy (and count their own reads)
+        return {k: v for k, v in vars(self).items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        vars(self).update(state, _lock=threading.Lock())
+
+    def __call__(self, index, rng: np.random.Generator):
+        n = len(self.src)
+        for k in range(self.MAX_IN_A_ROW):
+            i, id_ = (int(index) + k) % n, None
+            try:
+                element = self.src[i]
+                id_ = element["id"].decode() if "id" in element else None
+                out = self.crop(element, rng)
+            except Exception as e:  # noqa: BLE001: any unreadable record (the share caps it)
+                self._count(i, id_, e)
+                continue
+            with self._lock:
+                self.reads += 1
+            return out
+        raise BadDataError(f"{self.what}: {self.MAX_IN_A_ROW} unreadable records in a row from record {int(index)} on")
+
+    def _count(self, i: int, id_: str | None, error: Exception) -> None:
+        with self._lock:
+            self.reads += 1
+            self.bad += 1
+            reads, bad = self.reads, self.bad
+        problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        who = f"process {jax.process_index()}" + (f" (pid {os.getpid()})" if jax.process_count() == 1 else "")
+        print(f"warning: skipped a bad record of {self.what}: record {i}" + (f" ({id_})" if id_ else "")
+              + f": {problem} [{bad} bad of {reads} read by {who}]", flush=True)
+        if bad > self.max_bad_fraction * max(reads, 1000):
+            raise BadDataError(f"{self.what}: {bad} bad records of {reads} read, more than data.max_bad_fraction="
+                               f"{self.max_bad_fraction:g} allows (last: record {i}: {problem}); check the "
+                               "dataset (rebuild it) or raise data.max_bad_fraction")
+
+
 def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None):
     """This process's infinite, shuffled stream (a ``grain.IterDataset``) of cropped-and-batched
     training examples with the fields of ``inputs`` (default: the method's ``inputs(config)``)."""
@@ -313,13 +374,15 @@ def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None
 
     seed = config.seed if seed is None else seed
     inputs = method_lib.of(config).inputs(config) if inputs is None else inputs
-    crop = Crop(inputs)
-    ds = grain.MapDataset.source(training_source(config, inputs))
+    src = training_source(config, inputs)
+    read = TolerantRead(src, Crop(inputs), f"{config.data.dir} split {config.data.split!r}",
+                        float(config.data.get("max_bad_fraction", 0.01)))
+    ds = grain.MapDataset.range(len(src))  # record indices: a record is read (and may fail) inside `read`
     if len(ds) < jax.process_count():
         raise ValueError(f"{config.data.dir}: split {config.data.split!r} has {len(ds)} examples "
                          f"for {jax.process_count()} processes")
     ds = ds[jax.process_index()::jax.process_count()]
-    ds = ds.shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(read, seed=seed)
     # Threads read and crop single clips ahead of the consumer; the buffer counts clips, not
     # batches (grain's default of 500 *batches* held gigabytes per host at pretraining batch sizes).
     batch = process_batch_size(config.batch_size)

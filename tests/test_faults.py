@@ -1,0 +1,139 @@
+"""Faults a pod job meets, injected for real: damaged checkpoints (files truncated or deleted after
+the save completed) and corrupt records in the dataset."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from avpretrain import checkpoint, cli, train
+from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
+
+STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass
+
+
+def _config(data_dir, **extra):
+    return tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=2, **STATS, **extra)
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+    """An uninterrupted run of 6 steps, and a run stopped at step 4 (checkpoints 2 and 4) to damage."""
+    root = tmp_path_factory.mktemp("faults")
+    full = train.train(_config(data_dir), root / "full").losses
+    assert train.train(_config(data_dir), root / "stopped", stop_at=4).step == 4
+    return root, full
+
+
+def _copy(runs, tmp_path):
+    root, _ = runs
+    shutil.copytree(root / "stopped", tmp_path / "w")
+    return tmp_path / "w"
+
+
+def _largest_file(step_dir):
+    return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _logged_steps(workdir):
+    return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_completed_save_records_its_files(runs):
+    root, _ = runs
+    for step in (2, 4):
+        step_dir = root / "stopped" / "checkpoints" / str(step)
+        record = json.loads((step_dir / checkpoint.FILES_NAME).read_text())
+        assert record and all((step_dir / name).stat().st_size == size for name, size in record.items())
+        assert checkpoint.step_problem(step_dir) is None
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(runs, data_dir, tmp_path, capsys):
+    workdir = _copy(runs, tmp_path)
+    victim = _largest_file(workdir / "checkpoints" / "4")
+    os.truncate(victim, victim.stat().st_size // 2)
+    resumed = train.train(_config(data_dir), workdir)
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint step 4 is damaged ({workdir / 'checkpoints' / '4'}: {victim.relative_to(workdir / 'checkpoints' / '4')} is" in out
+    assert "truncated?" in out and "resumed from" in out and "at step 2" in out
+    # steps 3-6 again, exactly as the uninterrupted run; one metrics record per step
+    _, full = runs
+    assert sorted(resumed.losses) == [3, 4, 5, 6]
+    assert [resumed.losses[s] for s in (3, 4, 5, 6)] == [full[s] for s in (3, 4, 5, 6)]
+    assert _logged_steps(workdir) == [1, 2, 3, 4, 5, 6]
+    # the damaged step is kept aside with its reason, and step 4 was saved anew
+    aside = workdir / checkpoint.REJECTED_NAME / "4"
+    assert "truncated?" in (aside / "REJECTED.txt").read_text()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 6
+    assert checkpoint.step_problem(workdir / "checkpoints" / "4") is None
+
+
+def test_deleted_files_are_found_without_a_record_too(runs, data_dir, tmp_path, capsys):
+    """A step saved before records existed (no avpretrain_files.json): its metadata is still checked."""
+    workdir = _copy(runs, tmp_path)
+    step4 = workdir / "checkpoints" / "4"
+    os.remove(step4 / checkpoint.FILES_NAME)
+    os.remove(step4 / "state" / "_METADATA")
+    assert train.train(_config(data_dir), workdir, stop_at=3).step == 3
+    out = capsys.readouterr().out
+    assert "checkpoint step 4 is damaged" in out and "state/_METADATA is missing" in out
+
+
+def test_no_usable_checkpoint_is_refused_and_nothing_is_touched(runs, data_dir, tmp_path, capsys):
+    workdir = _copy(runs, tmp_path)
+    os.remove(workdir / "checkpoints" / "4" / "state" / "_METADATA")
+    victim = _largest_file(workdir / "checkpoints" / "2")
+    os.truncate(victim, 100)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    overrides = tiny_overrides(data_dir, total_steps=6, log_every=1, checkpoint_every=2, **STATS)
+    code = cli.main(["train", f"--config={REPO / TINY_CONFIG}", f"--workdir={workdir}",
+                     *(f"--config.{k}={v}" for k, v in overrides.items())])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: no usable checkpoint in {workdir / 'checkpoints'}: step 4: state/_METADATA is "
+                          "missing; step 2: "), err
+    assert "move the checkpoints directory away" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing moved, nothing written
+
+
+# ----------------------------------------------------------------------------- bad records
+
+
+def _flip_records(data_dir, tmp_path):
+    """A copy of the dataset with bytes flipped inside two records of its train shard; returns it and
+    the indices of the records that no longer read."""
+    from avpretrain.data import source
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    shard = sorted(data.rglob("*-train.array_record-*"))[0]
+    raw = bytearray(shard.read_bytes())
+    for at in (len(raw) // 3, len(raw) // 2):
+        raw[at:at + 16] = bytes(b ^ 0xA5 for b in raw[at:at + 16])
+    shard.write_bytes(bytes(raw))
+    src, bad = source.data_source(data, "train"), []
+    for i in range(len(src)):
+        try:
+            src[i]
+        except RuntimeError:
+            bad.append(i)
+    assert bad  # the flips hit at least one record (ArrayRecord checksums every chunk)
+    return data, bad
+
+
+def test_corrupt_records_are_skipped_counted_and_logged_then_too_many_stop_the_run(data_dir, tmp_path, capsys):
+    data, bad = _flip_records(data_dir, tmp_path)
+    result = train.train(tiny_config(data, total_steps=4, log_every=1, **STATS), tmp_path / "w")
+    out = capsys.readouterr().out
+    assert result.step == 4 and all(np.isfinite(list(result.losses.values())))
+    for i in bad:  # 16 records, 32 read: each bad one is met at least once
+        assert f"warning: skipped a bad record of {data} split 'train': record {i}: RuntimeError: Corrupted Riegeli" in out
+    assert "bad of" in out and "read by process 0" in out
+    # a share of 0 tolerates none: one line naming the dataset, the count and the setting; exit 2
+    overrides = tiny_overrides(data, total_steps=4, **STATS, **{"data.max_bad_fraction": 0})
+    code = cli.main(["train", f"--config={REPO / TINY_CONFIG}", f"--workdir={tmp_path / 'strict'}",
+                     *(f"--config.{k}={v}" for k, v in overrides.items())])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: {data} split 'train': 1 bad records of ") and "data.max_bad_fraction=0 allows" in err
