@@ -1,5 +1,6 @@
-"""Orbax checkpoints with two named items: ``state`` (model incl. EMA target, optimizer, step) and
-``iter`` (the grain iterator of each process).
+"""Orbax checkpoints with named items: ``state`` (model incl. EMA target, optimizer, step), ``data``
+(the input position: examples consumed, see ``data.order``) and, for methods with their own
+streams, ``iter`` (the grain iterator of each process).
 
 Restores always pass the target shardings of the live state, so a checkpoint restores onto a
 different mesh or process count. The per-step RNG is ``fold_in(seed, step)``: nothing to store.
@@ -40,11 +41,17 @@ def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = T
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "data": ocp.JsonCheckpointHandler(),
                                                 "iter": _grain().checkpoint.CheckpointHandler()})
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: dict, iterator=None, *, force: bool = False) -> bool:
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, iterator=None, *, data: dict | None = None,
+         force: bool = False) -> bool:
+    """``state``; ``data``: the input position (``{"examples": N, ...}``, see ``data.order``);
+    ``iterator``: a grain iterator whose state is per process (methods with their own streams)."""
     items = {"state": ocp.args.StandardSave(state)}
+    if data is not None:
+        items["data"] = ocp.args.JsonSave(data)
     if iterator is not None:
         items["iter"] = _grain().checkpoint.CheckpointSave(iterator)
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -132,10 +139,10 @@ class Saver:
     def __init__(self, mngr: ocp.CheckpointManager):
         self.mngr, self.in_flight, self.failed = mngr, None, False
 
-    def save(self, step: int, state: dict, iterator=None, *, force: bool = False) -> None:
+    def save(self, step: int, state: dict, iterator=None, *, data: dict | None = None, force: bool = False) -> None:
         self.check(wait=True)
         try:
-            if save(self.mngr, step, state, iterator, force=force):
+            if save(self.mngr, step, state, iterator, data=data, force=force):
                 self.in_flight = step
         except Exception as e:
             self._fail(step, e)
@@ -171,7 +178,8 @@ class Saver:
 
 def restore_latest(mngr: ocp.CheckpointManager, like_state: dict, iterator=None, *,
                    log=print) -> tuple[int, dict | None]:
-    """(step, state) of the latest usable checkpoint, (0, None) when there is none.
+    """(step, state) of the latest usable checkpoint, (0, None) when there is none
+    (``saved_data(mngr, step)`` then reads its input position).
 
     A damaged later step (``step_problem``) is passed over with a warning and moved aside into
     ``<workdir>/rejected_checkpoints/<step>`` once an earlier one has restored, so that the run can
@@ -226,12 +234,32 @@ def _move_aside(mngr: ocp.CheckpointManager, rejected) -> None:
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, iterator=None) -> dict:
-    """Restores onto the shardings of ``like_state`` (and the iterator in place, when given)."""
+    """Restores onto the shardings of ``like_state`` (and the iterator in place, when given: it must
+    have been saved by as many processes as there are now)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if iterator is not None:
+        saved = saved_process_count(mngr, step)
+        if saved is not None and saved != jax.process_count():
+            raise ValueError(f"checkpoint step {step} ({mngr.directory}) holds the input iterators of {saved} "
+                             f"processes and this run has {jax.process_count()}: a method that reads several "
+                             f"datasets resumes on {saved} processes only")
         items["iter"] = _grain().checkpoint.CheckpointRestore(iterator)
     return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def saved_data(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+    """The input position saved with ``step`` (``{"examples": N, "batch_size": B, "process_count": P}``),
+    None for a checkpoint without one (saved before positions were)."""
+    if not (epath.Path(mngr.directory) / str(step) / "data").exists():
+        return None
+    return dict(mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
+
+
+def saved_process_count(mngr: ocp.CheckpointManager, step: int) -> int | None:
+    """How many processes saved the grain iterator states of ``step`` (None: none saved)."""
+    names = [f.name for f in (epath.Path(mngr.directory) / str(step) / "iter").glob("process_*-of-*.json")]
+    return int(names[0].rsplit("-of-", 1)[1].removesuffix(".json")) if names else None
 
 
 def _partial_restore(handler_dir, item_name, like: dict, step):

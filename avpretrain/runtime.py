@@ -86,3 +86,14 @@ def avoid_quadratic_tracing() -> bool:
         setattr(core.Tracer, name, property(probe, doc=prop.__doc__))
         patched = True
     return patched
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Waits until every process of a multi-process run has reached ``name``, at the coordination
+    service (no device collective; a no-op in a single process)."""
+    import jax
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is not None and jax.process_count() > 1:
+        client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))

@@ -86,16 +86,26 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                  if config.get("eval_every", 0) else None)
     clip_seconds = method_lib.clip_seconds(config)
 
-    data = (method.train_data or pipeline.train_dataset)(config)
-    iterator = iter(data)
+    # A method with its own streams checkpoints their grain iterators (per process); the shared
+    # pipeline is positioned by the examples consumed (data.order), on any process count. Both are
+    # opened before anything is written (a dataset that lacks a field is a clear error).
+    own_stream = iter(method.train_data(config)) if method.train_data else None
+    stream = None if own_stream else pipeline.global_stream(config)
     mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
                               every=config.checkpoint_every)
-    start, restored = checkpoint.restore_latest(mngr, nnx.to_pure_dict(state), iterator, log=metrics_lib.log)
+    start, restored = checkpoint.restore_latest(mngr, nnx.to_pure_dict(state), own_stream, log=metrics_lib.log)
+    examples = 0
     if start:
         nnx.replace_by_pure_dict(state, restored)
-        metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}")
+        position = checkpoint.saved_data(mngr, start)  # None: saved before positions were (constant batch assumed)
+        examples = int(position["examples"]) if position else start * config.batch_size
+        moved = (f"; saved by {position['process_count']} processes, now {jax.process_count()}"
+                 if position and position["process_count"] != jax.process_count() else "")
+        metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}"
+                        + ("" if own_stream else f" (after {examples} examples{moved})"))
     else:
         step_lib.initialize_from(config, state)
+    iterator = own_stream or iter(pipeline.batched(stream, config, start=examples))
     if jax.process_index() == 0:  # only now: a resume that fails to restore leaves the workdir as it was
         workdir_lib.write_config(workdir, config, changes, start)
 
@@ -118,7 +128,9 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
     def checkpoint_now(step, force):
         _check_finite(flags, step)
         if saved[0] != step:
-            saver.save(step, nnx.to_pure_dict(state), iterator, force=force)
+            position = {"examples": examples + (step - start) * config.batch_size, "batch_size": config.batch_size,
+                        "process_count": jax.process_count()}
+            saver.save(step, nnx.to_pure_dict(state), own_stream, data=position, force=force)
             saved[0] = step
 
     compiled = None
@@ -131,6 +143,9 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                     compiled = train_step.lower(state, batch, jnp.asarray(step, jnp.int32)).compile()
                     compile_s = time.time() - t0
                     runtime.release_host_memory()
+                    # Processes finish compiling minutes apart on a loaded host; CPU collectives (gloo)
+                    # connect at the first step with a fixed timeout, so they start it together.
+                    runtime.barrier("avpretrain-step-compiled")
                 state, out = compiled(state, batch, jnp.asarray(step, jnp.int32))
             if step == start:
                 jax.block_until_ready(out)

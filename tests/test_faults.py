@@ -137,3 +137,30 @@ def test_corrupt_records_are_skipped_counted_and_logged_then_too_many_stop_the_r
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith(f"error: {data} split 'train': 1 bad records of ") and "data.max_bad_fraction=0 allows" in err
+
+
+# ----------------------------------------------------------------------------- another process count
+
+
+def test_process_blocks_make_every_global_batch_independent_of_the_process_count():
+    import grain
+
+    from avpretrain.data import order
+
+    stream = grain.MapDataset.range(1000).shuffle(seed=3).repeat(None)
+
+    def rows(start, batch, count, steps):
+        """The global batches of ``steps`` steps as the processes' blocks, concatenated in process order."""
+        parts = [order.ProcessBlocks(stream, start=start, global_batch=batch, process_index=p, process_count=count)
+                 for p in range(count)]
+        b = batch // count
+        return [sum(([part[s * b + i] for i in range(b)] for part in parts), []) for s in range(steps)]
+
+    one = rows(0, 8, 1, 130)  # past the first epoch of 1000 too
+    assert rows(0, 8, 2, 130) == one == rows(0, 8, 4, 130) == rows(0, 8, 8, 130)
+    assert [x for batch in one for x in batch] == [stream[i] for i in range(130 * 8)]  # nothing skipped or repeated
+    # resumed after 3 steps on another process count, then with a larger batch: the stream continues
+    assert rows(24, 8, 4, 2) == one[3:5]
+    assert sum(rows(24, 16, 2, 2), []) == sum(one[3:7], [])
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        order.ProcessBlocks(stream, start=0, global_batch=8, process_index=0, process_count=3)

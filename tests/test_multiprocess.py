@@ -1,5 +1,6 @@
 """Two JAX processes on 127.0.0.1 (launch/cpu_multiprocess.sh 2 4): train to a --stop-at
-checkpoint, resume to the end, then restore the 2-process checkpoint in this one process (8 devices).
+checkpoint, resume to the end, then restore the 2-process checkpoint in this one process (8 devices);
+the same step-3 checkpoint resumed on 1 and on 4 processes reads the same batches (data.order).
 
 Slow (two launches, each compiling in two processes); run alone with
 ``pytest -m multiprocess`` or skip with ``-m 'not multiprocess'``.
@@ -7,6 +8,7 @@ Slow (two launches, each compiling in two processes); run alone with
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 
@@ -22,7 +24,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("multiprocess")]
 LAUNCHER = REPO / "launch" / "cpu_multiprocess.sh"
 LAUNCH_TIMEOUT_S = 420
 
-PER_PROCESS_BATCH = tiny_overrides("")["batch_size"] // 2  # the global batch over 2 processes
+GLOBAL_BATCH = tiny_overrides("")["batch_size"]
 
 
 def _overrides(data_dir):
@@ -57,8 +59,11 @@ def run(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stopped(run):
+    """The 2-process run stopped at step 3, and a copy of its workdir then (to resume elsewhere)."""
     workdir, launch = run
-    return workdir, launch("--stop-at=3")
+    out = launch("--stop-at=3")
+    shutil.copytree(workdir, workdir.parent / "at_step_3")
+    return workdir, out
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +72,16 @@ def resumed(run, stopped):
     return workdir, launch()
 
 
-def _iter_files(step_dir):
-    return sorted(p.name for p in (step_dir / "iter").iterdir() if p.suffix == ".json")
+def _position(workdir, step):
+    mngr = checkpoint.manager(workdir / "checkpoints", async_save=False)
+    try:
+        return checkpoint.saved_data(mngr, step)
+    finally:
+        mngr.close()
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
 
 
 def test_two_processes_stop_at_checkpoint(stopped):
@@ -78,12 +91,9 @@ def test_two_processes_stop_at_checkpoint(stopped):
                                                     workdir / "logs" / "process_1.log"]
     assert "train done: step 3" in (workdir / "logs" / "process_1.log").read_text()
     step_dir = workdir / "checkpoints" / "3"
-    assert (step_dir / "state").is_dir()
-    # One grain iterator state per process: each read 3 batches of 4 clips (8 over 2 processes) of
-    # its own shard; the state counts clips (batching follows the per-clip prefetch).
-    assert _iter_files(step_dir) == ["process_0-of-2.json", "process_1-of-2.json"]
-    for name in _iter_files(step_dir):
-        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 3 * PER_PROCESS_BATCH}
+    assert (step_dir / "state").is_dir() and not (step_dir / "iter").exists()
+    # The input position is global (data.order): 3 steps of 8 examples, whatever the process count.
+    assert _position(workdir, 3) == {"examples": 3 * GLOBAL_BATCH, "batch_size": GLOBAL_BATCH, "process_count": 2}
 
 
 def test_two_processes_resume_and_finish(resumed):
@@ -93,10 +103,51 @@ def test_two_processes_resume_and_finish(resumed):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(math.isfinite(r["loss"]) for r in records)
-    step_dir = workdir / "checkpoints" / "6"
-    assert _iter_files(step_dir) == ["process_0-of-2.json", "process_1-of-2.json"]
-    for name in _iter_files(step_dir):
-        assert json.loads((step_dir / "iter" / name).read_text()) == {"next_index": 6 * PER_PROCESS_BATCH}
+    assert _position(workdir, 6) == {"examples": 6 * GLOBAL_BATCH, "batch_size": GLOBAL_BATCH, "process_count": 2}
+
+
+@pytest.fixture(scope="module")
+def single(data_dir, tmp_path_factory):
+    """The same config trained in this one process (8 devices), uninterrupted."""
+    return train.train(tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=3),
+                       tmp_path_factory.mktemp("single") / "w").losses
+
+
+def test_two_processes_train_on_the_batches_of_one(resumed, single):
+    """Every global batch is the same examples in the same rows on 2 processes as on 1 (data.order)."""
+    workdir, _ = resumed
+    two = _losses(workdir)
+    np.testing.assert_allclose([two[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(stopped, resumed, single, data_dir, tmp_path):
+    """Resumed in this process at the 2-process run's step 3: the same batches follow, so steps 4-6
+    match both the 2-process continuation and the uninterrupted single-process run."""
+    workdir = tmp_path / "w"
+    shutil.copytree(stopped[0].parent / "at_step_3", workdir)
+    result = train.train(tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=3), workdir)
+    assert sorted(result.losses) == [4, 5, 6]
+    two = _losses(resumed[0])
+    np.testing.assert_allclose([result.losses[s] for s in (4, 5, 6)], [two[s] for s in (4, 5, 6)], rtol=1e-5)
+    np.testing.assert_allclose([result.losses[s] for s in (4, 5, 6)], [single[s] for s in (4, 5, 6)], rtol=1e-5)
+    assert _position(workdir, 6) == {"examples": 6 * GLOBAL_BATCH, "batch_size": GLOBAL_BATCH, "process_count": 1}
+
+
+def test_a_two_process_checkpoint_resumes_on_four_processes(stopped, resumed, run, data_dir):
+    workdir, _ = run
+    four = workdir.parent / "four"
+    shutil.copytree(workdir.parent / "at_step_3", four)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(LAUNCHER), "4", "2", TINY_CONFIG, str(four),
+                           *(f"--config.{k}={v}" for k, v in _overrides(data_dir).items())],
+                          cwd=four.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "at step 3 (after 24 examples; saved by 2 processes, now 4)" in proc.stdout
+    two, on_four = _losses(resumed[0]), _losses(four)
+    np.testing.assert_allclose([on_four[s] for s in (4, 5, 6)], [two[s] for s in (4, 5, 6)], rtol=1e-5)
+    assert _position(four, 6)["process_count"] == 4
 
 
 def test_two_process_checkpoint_restores_in_one_process(resumed, data_dir):

@@ -1,4 +1,4 @@
-"""grain input pipelines: per-process shard → seeded shuffle → random crop/pad → batch → global jax.Array.
+"""grain input pipelines: seeded global shuffle → random crop/pad → per-process block → batch → global jax.Array.
 
 Training iterators are infinite and checkpointable (``get_state``/``set_state`` via Orbax). The
 evaluation pipeline visits every example of a split exactly once, each clip at its own length.
@@ -365,9 +365,18 @@ class TolerantRead:
                                "dataset (rebuild it) or raise data.max_bad_fraction")
 
 
-def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None):
+def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None, start: int = 0):
     """This process's infinite, shuffled stream (a ``grain.IterDataset``) of cropped-and-batched
-    training examples with the fields of ``inputs`` (default: the method's ``inputs(config)``)."""
+    training examples with the fields of ``inputs`` (default: the method's ``inputs(config)``),
+    positioned after ``start`` examples of the global stream (``data.order``: the batches are a
+    function of the step, whatever the process count)."""
+    return batched(global_stream(config, seed=seed, inputs=inputs), config, start)
+
+
+def global_stream(config, *, seed: int | None = None, inputs: dict | None = None):
+    """The training split as one infinite ``grain.MapDataset`` shared by all processes: reshuffled every
+    epoch, each element read (``TolerantRead``) and cropped with an RNG of its global position. Opening
+    it checks the dataset (a clear error before any work)."""
     import grain
 
     from avpretrain import method as method_lib
@@ -378,11 +387,20 @@ def train_dataset(config, *, seed: int | None = None, inputs: dict | None = None
     read = TolerantRead(src, Crop(inputs), f"{config.data.dir} split {config.data.split!r}",
                         float(config.data.get("max_bad_fraction", 0.01)))
     ds = grain.MapDataset.range(len(src))  # record indices: a record is read (and may fail) inside `read`
-    if len(ds) < jax.process_count():
-        raise ValueError(f"{config.data.dir}: split {config.data.split!r} has {len(ds)} examples "
-                         f"for {jax.process_count()} processes")
-    ds = ds[jax.process_index()::jax.process_count()]
-    ds = ds.shuffle(seed=seed).repeat(None).random_map(read, seed=seed)
+    if not len(ds):
+        raise ValueError(f"{config.data.dir}: split {config.data.split!r} has no examples")
+    return ds.shuffle(seed=seed).repeat(None).random_map(read, seed=seed)
+
+
+def batched(stream, config, start: int = 0):
+    """This process's block of every global batch of ``stream`` (``data.order.ProcessBlocks``) after
+    ``start`` examples, read ahead by threads (and worker processes with ``data.num_workers``), batched."""
+    import grain
+
+    from avpretrain.data import order
+
+    ds = order.ProcessBlocks(stream, start=start, global_batch=config.batch_size, process_index=jax.process_index(),
+                             process_count=jax.process_count())
     # Threads read and crop single clips ahead of the consumer; the buffer counts clips, not
     # batches (grain's default of 500 *batches* held gigabytes per host at pretraining batch sizes).
     batch = process_batch_size(config.batch_size)
