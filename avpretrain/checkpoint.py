@@ -9,6 +9,8 @@ Saves are asynchronous; ``Saver`` turns a failed one into one ``SaveFailedError`
 from __future__ import annotations
 
 import json
+import os
+import re
 
 from absl import logging
 import jax
@@ -25,6 +27,19 @@ type_handlers.register_type_handler(
     jax.Array, type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_BYTES_FOR_REPLICA_PARALLEL),
     override=True)
 logging.set_verbosity(_verbosity)
+
+
+class _QuietOrbaxErrors:
+    """Orbax logs an error with its traceback from every background thread a failed save passes
+    through (hundreds of lines for a full disk) and then raises it, which ``Saver`` turns into one
+    line. Its ERROR records are dropped (``AVP_DEBUG=1`` keeps them)."""
+
+    def filter(self, record) -> bool:
+        return record.levelno < logging.ERROR or "/orbax/" not in record.pathname.replace("\\", "/")
+
+
+if not os.environ.get("AVP_DEBUG"):
+    logging.get_absl_logger().addFilter(_QuietOrbaxErrors())
 
 
 def _grain():
@@ -59,6 +74,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, iterator=None, *, 
 
 class SaveFailedError(RuntimeError):
     pass
+
+
+def _cause(error: Exception) -> str:
+    """A failed save's error, its operating-system cause first: TensorStore reports a full disk as
+    ``RESOURCE_EXHAUSTED: Error writing "<array>" ... <path>: ... No space left on device
+    [os_error_code='28']``, hundreds of characters before the point."""
+    text = str(error)
+    found = re.search(r"([A-Z][A-Za-z ,'-]+?) \[os_error_code='(\d+)'\]", text)
+    if found:
+        return f"{found.group(1)} (errno {found.group(2)}; {type(error).__name__}: {text.splitlines()[0][:160]}…)"
+    return f"{type(error).__name__}: {text}"
 
 
 # -- integrity: what a crash, a torn copy or a cleanup can leave behind --------------------------------
@@ -167,7 +193,7 @@ class Saver:
                 tmp.get().rmtree()
         self.mngr.reload()
         latest = self.mngr.latest_step()
-        raise SaveFailedError(f"checkpoint save at step {step} failed: {type(error).__name__}: {error}; the latest "
+        raise SaveFailedError(f"checkpoint save at step {step} failed: {_cause(error)}; the latest "
                               f"good checkpoint is " + (f"step {latest}" if latest is not None else "none")
                               + f" ({self.mngr.directory})") from error
 
