@@ -98,13 +98,16 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         jax.config.update("jax_num_cpu_devices", int(local_device_count))
     if jax.distributed.is_initialized():
         return
+    # A process that stops sending heartbeats for this long is declared dead, and every other process
+    # then exits with an error naming it instead of waiting in a collective (JAX's default: 100 s).
+    timeouts = {"heartbeat_timeout_seconds": int(env.get("AVP_HEARTBEAT_TIMEOUT", "100"))}
     if coordinator_address:
         logging.info("jax.distributed: coordinator %s, process %s of %s", coordinator_address, process_id, num_processes)
         host = coordinator_address.rsplit(":", 1)[0]
         bind = coordinator_address if host in ("127.0.0.1", "localhost") else None
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id, coordinator_bind_address=bind)
+                                   process_id=process_id, coordinator_bind_address=bind, **timeouts)
     elif "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     elif env.get("TPU_WORKER_HOSTNAMES") or env.get("CLOUD_TPU_TASK_ID") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)

@@ -169,3 +169,56 @@ def test_two_process_checkpoint_restores_in_one_process(resumed, data_dir):
     assert not np.allclose(np.asarray(kernel), np.asarray(like["model"]["blocks"][0]["mlp"]["fc1"]["kernel"]))
     params = checkpoint.restore_params(workdir / "checkpoints", like["model"])
     np.testing.assert_array_equal(np.asarray(params["blocks"][0]["mlp"]["fc1"]["kernel"]), np.asarray(kernel))
+
+
+def test_a_dead_peer_ends_the_other_process_in_bounded_time_and_a_restart_resumes(data_dir, tmp_path):
+    """Process 1 of 2 is SIGKILLed mid-run: process 0 exits within the heartbeat timeout
+    (AVP_HEARTBEAT_TIMEOUT=10 here; JAX's default 100 s otherwise) naming the lost task, instead of
+    waiting in a collective; relaunching both resumes from the last complete checkpoint."""
+    import socket
+    import sys
+    import time
+
+    workdir = tmp_path / "w"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = tiny_overrides(data_dir, total_steps=100_000, log_every=1, checkpoint_every=3)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", AVP_HEARTBEAT_TIMEOUT="10", PYTHONUNBUFFERED="1")
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(open(tmp_path / f"p{i}.log", "w"))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "avpretrain", "train", f"--config={REPO / TINY_CONFIG}", f"--workdir={workdir}",
+             f"--coordinator=127.0.0.1:{port}", "--num-processes=2", f"--process-id={i}", "--local-devices=4",
+             *(f"--config.{k}={v}" for k, v in overrides.items())],
+            cwd=REPO, env=env, stdout=logs[i], stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        deadline = time.time() + LAUNCH_TIMEOUT_S
+        while time.time() < deadline and not (workdir / "checkpoints" / "3" / checkpoint.FILES_NAME).exists():
+            assert procs[0].poll() is None, (tmp_path / "p0.log").read_text()[-3000:]
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        code = procs[0].wait(timeout=120)
+        waited = time.time() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        for f in logs:
+            f.close()
+    log = (tmp_path / "p0.log").read_text()
+    assert code != 0 and waited < 60, (code, waited)
+    assert "The following tasks are unhealthy (stopped sending heartbeats)" in log and "Terminating process" in log
+    # a relaunch of both processes resumes from the last complete checkpoint
+    last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    env.pop("AVP_HEARTBEAT_TIMEOUT")
+    proc = subprocess.run(["bash", str(LAUNCHER), "2", "4", TINY_CONFIG, str(workdir), f"--stop-at={last + 1}",
+                           *(f"--config.{k}={v}" for k, v in overrides.items())],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"at step {last} (after {last * GLOBAL_BATCH} examples)" in proc.stdout
+    assert f"train done: step {last + 1}" in proc.stdout
