@@ -252,10 +252,9 @@ def _move_aside(mngr: ocp.CheckpointManager, rejected) -> None:
                 target, n = aside / f"{step}.{n}", n + 1
             (directory / str(step)).rename(target)
             (target / "REJECTED.txt").write_text(problem + "\n")
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    from avpretrain import runtime
 
-        multihost_utils.sync_global_devices("avpretrain: damaged checkpoints moved aside")
+    runtime.barrier("avpretrain-damaged-checkpoints-moved")  # the coordination service: no device collective yet
     mngr.reload()
 
 
