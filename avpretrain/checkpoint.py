@@ -38,8 +38,49 @@ class _QuietOrbaxErrors:
         return record.levelno < logging.ERROR or "/orbax/" not in record.pathname.replace("\\", "/")
 
 
+class _QuietOrbaxFutures:
+    """asyncio's "exception was never retrieved" for a checkpoint write that failed (the failure
+    itself is reported once, by ``Saver``)."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if "never retrieved" not in message:
+            return True
+        if "Error writing" in message or "OCDBT" in message:  # TensorStore's write errors
+            return False
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if "/orbax/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+                return False
+            tb = tb.tb_next
+        return True
+
+
+def _quiet_closed_loop_excepthook(previous):
+    """TensorStore's callbacks of a failed write that land after Orbax closed their event loop print
+    ``RuntimeError: Event loop is closed`` (through ``sys.excepthook``), one traceback each; those
+    are dropped, everything else goes to ``previous``."""
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            frames, at = [], tb
+            while at is not None:
+                frames.append(at.tb_frame.f_code.co_name)
+                at = at.tb_next
+            if frames and frames[0] == "call_soon_threadsafe":
+                return
+        previous(kind, value, tb)
+
+    return hook
+
+
 if not os.environ.get("AVP_DEBUG"):
+    import logging as _std_logging
+    import sys as _sys
+
     logging.get_absl_logger().addFilter(_QuietOrbaxErrors())
+    _std_logging.getLogger("asyncio").addFilter(_QuietOrbaxFutures())
+    _sys.excepthook = _quiet_closed_loop_excepthook(_sys.excepthook)
 
 
 def _grain():
@@ -54,6 +95,8 @@ def manager(directory, *, keep: int = 3, every: int = 1000, async_save: bool = T
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=async_save, create=True,
                                            cleanup_tmp_directories=True)
+    if jax.process_count() > 1:  # a save that fails on one process ends on all (``_abortable_barrier``)
+        options.async_options = ocp.options.AsyncOptions(barrier_sync_fn=_abortable_barrier)
     return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
                                                 "data": ocp.JsonCheckpointHandler(),
@@ -83,7 +126,7 @@ def _cause(error: Exception) -> str:
     text = str(error)
     found = re.search(r"([A-Z][A-Za-z ,'-]+?) \[os_error_code='(\d+)'\]", text)
     if found:
-        return f"{found.group(1)} (errno {found.group(2)}; {type(error).__name__}: {text.splitlines()[0][:160]}…)"
+        return f"{found.group(1)} (errno {found.group(2)}; {type(error).__name__}: {text.splitlines()[0][:100]}…)"
     return f"{type(error).__name__}: {text}"
 
 
@@ -153,47 +196,174 @@ def step_problem(step_dir) -> str | None:
     return None
 
 
+# -- multi-process saves: one outcome on every process ------------------------------------------------
+# Orbax's save threads meet at barriers (the write is complete everywhere; the save is finalized). A
+# process whose write fails skips the first of them, so with plain barriers the others wait there
+# until Orbax's timeout (20 min) and the failure surfaces on each process at a different step. Here
+# the barriers are the coordination service's key-value store: a failing process publishes its
+# cause, every waiting process then stops waiting, and ``Saver`` decides at steps that every process
+# reaches (``sync_every``) from what each process reported there, so all stop at the same step.
+_FAILED_PREFIX = "avpretrain/save_failed/"
+
+
+class PeerSaveFailedError(RuntimeError):
+    """This process's part of a save was abandoned because another process's part failed."""
+
+
+def _kv():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _publish_failure(error: BaseException) -> None:
+    if not isinstance(error, PeerSaveFailedError):
+        _kv().key_value_set(f"{_FAILED_PREFIX}{jax.process_index()}", _cause(error), allow_overwrite=True)
+
+
+def _peer_failures() -> dict[int, str]:
+    return {int(k.rsplit("/", 1)[1]): v for k, v in _kv().key_value_dir_get(_FAILED_PREFIX)}
+
+
+def _abortable_barrier(*, key: str, timeout_ms: int) -> None:
+    """Orbax's ``barrier_sync_fn``: waits until every process has arrived at ``key``, or raises
+    PeerSaveFailedError as soon as a process has published a failure.
+
+    Called while an exception propagates (Orbax reaches its barriers in ``finally`` clauses after a
+    failed write), it publishes that failure and returns without waiting: the peers may never come.
+    Polls with a growing interval (10 ms to 1 s): a handful of barriers per save."""
+    import sys
+    import time
+
+    failing = sys.exc_info()[1]
+    if failing is not None:
+        _publish_failure(failing)
+        return
+    client, count = _kv(), jax.process_count()
+    client.key_value_set(f"avpretrain/barrier/{key}/{jax.process_index()}", "1", allow_overwrite=True)
+    deadline, pause = time.monotonic() + timeout_ms / 1000, 0.01
+    while len(client.key_value_dir_get(f"avpretrain/barrier/{key}/")) < count:
+        failures = _peer_failures()
+        if failures:
+            first = min(failures)
+            raise PeerSaveFailedError(f"process {first} failed: {failures[first]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"checkpoint barrier {key!r}: not every process arrived in {timeout_ms / 1000:.0f} s")
+        time.sleep(pause)
+        pause = min(1.0, pause * 1.5)
+
+
 class Saver:
-    """Saves through ``mngr`` and stops at the first failed one.
+    """Saves through ``mngr`` and stops at the first failed save, at the same step on every process.
 
     Orbax writes a checkpoint into a temporary directory in the background and renames it when
-    done, so a failure (e.g. a full disk) surfaces later. ``check`` (cheap: call it every step)
-    raises SaveFailedError once the save in flight has failed, after removing its temporary
+    done, so a failure (e.g. a full disk) surfaces later. ``check(step)`` (cheap: call it every
+    step) raises SaveFailedError once the save in flight has failed, after removing its temporary
     directory; the previous checkpoint stays the latest.
+
+    Several processes: the outcome is decided at steps that are multiples of ``sync_every`` and at
+    every ``check(wait=True)`` (which all processes reach at the same steps): each process reports
+    what it knows (still saving / done / failed and why) at the coordination service, and all
+    decide from the same reports. A failure anywhere stops every process at the same step with the
+    same message (the cause of the first failing process); at most ``sync_every`` steps run after it.
     """
 
-    def __init__(self, mngr: ocp.CheckpointManager):
+    def __init__(self, mngr: ocp.CheckpointManager, *, sync_every: int = 1):
         self.mngr, self.in_flight, self.failed = mngr, None, False
+        self.save_error = None  # a save that raised at once (several processes: decided at the next agreed step)
+        self.sync_every = sync_every
+        self.rounds = 0  # exchanges so far: the same sequence on every process
 
     def save(self, step: int, state: dict, iterator=None, *, data: dict | None = None, force: bool = False) -> None:
-        self.check(wait=True)
+        self.check(step, wait=True)
         try:
-            if save(self.mngr, step, state, iterator, data=data, force=force):
-                self.in_flight = step
+            started = save(self.mngr, step, state, iterator, data=data, force=force)
         except Exception as e:
-            self._fail(step, e)
-
-    def check(self, *, wait: bool = False) -> None:
-        """Raises SaveFailedError if the save in flight failed; ``wait``: block until it is done.
-        A save that completed gets its file record (``record_files``)."""
-        if self.in_flight is None or (not wait and self.mngr.is_saving_in_progress()):
+            self.in_flight = step
+            if jax.process_count() == 1:
+                self._decide(step, ("failed", _cause(e)), e)
+            _publish_failure(e)  # the peers' save threads stop waiting for this process...
+            self.save_error = e  # ...and all decide at the next agreed step
             return
-        step, self.in_flight = self.in_flight, None
-        try:
-            self.mngr.wait_until_finished()
-            if jax.process_index() == 0:
-                record_files(self.mngr.directory / str(step))
-        except Exception as e:
-            self._fail(step, e)
+        if started:
+            self.in_flight = step
 
-    def _fail(self, step: int, error: Exception):
+    def check(self, step: int | None = None, *, wait: bool = False) -> None:
+        """Raises SaveFailedError if the save in flight failed; ``wait``: block until it is done.
+        A save that completed gets its file record (``record_files``). ``step``: the training step
+        (several processes decide at multiples of ``sync_every`` only; ``wait`` always decides)."""
+        if self.in_flight is None:
+            return
+        several = jax.process_count() > 1
+        if not wait and (step % self.sync_every if several else self.mngr.is_saving_in_progress()):
+            return
+        error = self.save_error
+        if error is not None:
+            local = ("failed", _cause(error))
+        elif not wait and self.mngr.is_saving_in_progress():
+            local = ("saving", "")
+        else:
+            try:
+                self.mngr.wait_until_finished()
+                local = ("done", "")
+            except Exception as e:
+                error, local = e, ("failed", _cause(e))
+                if several:
+                    _publish_failure(e)
+        self._decide(step, local, error)
+
+    def _decide(self, step, local: tuple[str, str], error: Exception | None) -> None:
+        reports = self._exchange(local)
+        failed = {i: cause for i, (state, cause) in reports.items() if state == "failed"}
+        if failed:
+            self._fail(self.in_flight, failed, error, step)
+        if all(state == "done" for state, _ in reports.values()):
+            done, self.in_flight = self.in_flight, None
+            if jax.process_index() == 0:
+                record_files(self.mngr.directory / str(done))
+
+    def _exchange(self, local: tuple[str, str]) -> dict[int, tuple[str, str]]:
+        """Every process's report, the same on every process (a barrier between writing and reading)."""
+        if jax.process_count() == 1:
+            return {0: local}
+        from avpretrain import runtime
+
+        self.rounds += 1
+        prefix = f"avpretrain/save_reports/{self.rounds}/"
+        client = _kv()
+        client.key_value_set(f"{prefix}{jax.process_index()}", json.dumps(local))
+        runtime.barrier(f"avpretrain-save-report-{self.rounds}")
+        return {int(k.rsplit("/", 1)[1]): tuple(json.loads(v)) for k, v in client.key_value_dir_get(prefix)}
+
+    def _fail(self, step: int, failed: dict[int, str], error: Exception | None, now: int | None):
         self.failed = True
+        several = jax.process_count() > 1
+        if several:
+            try:  # every process's save threads end (their barriers give up), before the clean-up
+                self.mngr.wait_until_finished()
+            except Exception:
+                pass
+            from avpretrain import runtime
+
+            runtime.barrier(f"avpretrain-save-failed-{self.rounds}")
+            # after the barrier every root cause is published (no save thread runs any more), so all
+            # processes read the same ones; not the processes that gave up because of them
+            causes = _peer_failures() or failed
+            first = min(causes)
+            cause = f"{causes[first]} (process {first} of {jax.process_count()})"
+        else:
+            cause = failed[0]
         if jax.process_index() == 0:
             for tmp in ocp.path.step.all_temporary_paths(self.mngr.directory):
                 tmp.get().rmtree()
+        if several:
+            from avpretrain import runtime
+
+            runtime.barrier(f"avpretrain-save-cleaned-{self.rounds}")
         self.mngr.reload()
         latest = self.mngr.latest_step()
-        raise SaveFailedError(f"checkpoint save at step {step} failed: {_cause(error)}; the latest "
+        raise SaveFailedError(f"checkpoint save at step {step} failed: {cause}; "
+                              + (f"stopped at step {now}; " if now is not None else "") + "the latest "
                               f"good checkpoint is " + (f"step {latest}" if latest is not None else "none")
                               + f" ({self.mngr.directory})") from error
 

@@ -119,7 +119,7 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
             validator.evaluate(start, state)
             validator.commit()
     writer = metrics_lib.MetricWriter(workdir, config.total_steps, resumed_step=start)
-    saver = checkpoint.Saver(mngr)
+    saver = checkpoint.Saver(mngr, sync_every=config.log_every)
     losses, pending, flags = {}, [], []
     step, t_last, steps_timed = start, None, 0
 
@@ -139,6 +139,7 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
             batch = pipeline.to_global(next(iterator), batch_sharding)
             with sharding.mesh_rules(mesh, rules):
                 if compiled is None:  # ahead of time, so that the compile's freed memory goes back first
+                    metrics_lib.log("compiling the train step (or loading it from the compilation cache)")
                     t0 = time.time()
                     compiled = train_step.lower(state, batch, jnp.asarray(step, jnp.int32)).compile()
                     compile_s = time.time() - t0
@@ -172,11 +173,11 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                 with sharding.mesh_rules(mesh, rules):
                     writer.write_images(step, jax.device_get(images_fn(state, batch)))
             steps_timed += 1
-            saver.check()
+            saver.check(step)
             if signals.synced(step):
                 metrics_lib.log(f"{signals.name}: saving a checkpoint at step {step} and exiting")
                 checkpoint_now(step, force=True)
-                saver.check(wait=True)
+                saver.check(step, wait=True)
                 return TrainResult(step, losses, stopped_by=signals.name)
             if validator is not None and validator.due(step, stop):
                 # the training checkpoint of this step first: selected.json never names a step beyond it
@@ -184,14 +185,14 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                 with sharding.mesh_rules(mesh, rules):
                     entry = validator.evaluate(step, state)
                 writer.write_scalars(step, {f"val_{k}": v for k, v in entry.items() if k not in ("step", "path")})
-                saver.check(wait=True)
+                saver.check(step, wait=True)
                 validator.commit()
                 if validator.stop_now:
                     metrics_lib.log(f"early stop at step {step}: {validation.summary(workdir)}")
                     return TrainResult(step, losses, stopped_by="early stop")
             if step % config.checkpoint_every == 0 or step == stop:
                 checkpoint_now(step, force=step == stop)
-        saver.check(wait=True)
+        saver.check(step, wait=True)
     finally:
         writer.close()
         saver.close()

@@ -94,3 +94,19 @@ def random_m2d_export(out, data_dir, norm_stats=(-7.0, 4.0)):
     config = tiny_config(data_dir)
     model = export._encoder_model(config, sharding.single_device_mesh())
     return export.write_export(out, config, nnx.to_pure_dict(nnx.state(model)), norm_stats)
+
+
+def final_state(workdir, config, step):
+    """The whole train state (model, EMA target, optimizer) of checkpoint ``step``, as numpy leaves."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from avpretrain import checkpoint, step as step_lib, train
+
+    like = nnx.to_pure_dict(nnx.state(step_lib.create_train_state(config, train.make_mesh(config))))
+    mngr = checkpoint.manager(workdir / "checkpoints", async_save=False)
+    try:
+        return [np.asarray(x) for x in jax.tree.leaves(checkpoint.restore(mngr, step, like))]
+    finally:
+        mngr.close()

@@ -1,14 +1,18 @@
-"""Faults a pod job meets, injected for real: damaged checkpoints (files truncated or deleted after
-the save completed) and corrupt records in the dataset."""
+"""Faults a pod job meets, injected for real: SIGKILLs at random moments, damaged checkpoints (files
+truncated or deleted after the save completed), corrupt records in the dataset, a full disk."""
 import json
 import os
+import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import kill_campaign
 from avpretrain import checkpoint, cli, train
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
+from helpers import REPO, TINY_CONFIG, final_state, tiny_config, tiny_overrides
 
 STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass
 
@@ -95,6 +99,43 @@ def test_no_usable_checkpoint_is_refused_and_nothing_is_touched(runs, data_dir, 
                           "missing; step 2: "), err
     assert "move the checkpoints directory away" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing moved, nothing written
+
+
+# ----------------------------------------------------------------------------- hard kills
+
+
+def train_command(workdir, overrides):
+    return [sys.executable, "-m", "avpretrain", "train", f"--config={REPO / TINY_CONFIG}", f"--workdir={workdir}",
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def test_a_campaign_of_sigkills_at_random_moments_ends_bit_identical(data_dir, tmp_path):
+    """The CLI run is SIGKILLed during start-up, compilation, a step, an asynchronous checkpoint
+    write and after a checkpoint (random moments within each; ``AVP_KILL_SEED`` repeats a campaign),
+    relaunched after each kill, and finally run to the end: per-step losses and every array of the
+    final state equal the uninterrupted run's, and metrics.jsonl has one record per step."""
+    cadence = dict(total_steps=8, log_every=1, checkpoint_every=4, **STATS)  # steps without a save in flight
+    config = tiny_config(data_dir, **cadence)
+    full = train.train(config, tmp_path / "full").losses
+    seed = int(os.environ.get("AVP_KILL_SEED") or random.randrange(10_000))
+    rng = random.Random(seed)
+    workdir = tmp_path / "w"
+    command = train_command(workdir, tiny_overrides(data_dir, **cadence))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    kills = [kill_campaign.run_killed(command, workdir, "compile", rng, env=env, cwd=REPO)]
+    start_up_s = 0.9 * kills[0].start_up_s
+    for phase, step in [("start-up", None), ("step", rng.randint(1, 3)), ("write", None), ("after-checkpoint", None)]:
+        kills.append(kill_campaign.run_killed(command, workdir, phase, rng, step=step, start_up_s=start_up_s,
+                                              env=env, cwd=REPO))
+    report = f"AVP_KILL_SEED={seed}: " + "; ".join(map(str, kills))
+    assert {"start-up", "compile", "step", "write"} <= {k.landed for k in kills}, report
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, report + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9)), report
+    assert {r["step"]: r["loss"] for r in records} == full, report
+    for mine, theirs in zip(final_state(workdir, config, 8), final_state(tmp_path / "full", config, 8), strict=True):
+        np.testing.assert_array_equal(mine, theirs, err_msg=report)
 
 
 # ----------------------------------------------------------------------------- bad records

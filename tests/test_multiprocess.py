@@ -8,16 +8,18 @@ Slow (two launches, each compiling in two processes); run alone with
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 
 from avpretrain import checkpoint, step as step_lib, train
-from helpers import REPO, TINY_CONFIG, tiny_config, tiny_overrides
+from helpers import REPO, TINY_CONFIG, final_state, tiny_config, tiny_overrides
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("multiprocess")]
 
@@ -222,3 +224,100 @@ def test_a_dead_peer_ends_the_other_process_in_bounded_time_and_a_restart_resume
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert f"at step {last} (after {last * GLOBAL_BATCH} examples)" in proc.stdout
     assert f"train done: step {last + 1}" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- hard kills, full disks
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _launch_command(workdir, overrides, *args):
+    return ["bash", str(LAUNCHER), "2", "4", TINY_CONFIG, str(workdir),
+            *(f"--config.{k}={v}" for k, v in overrides.items()), *args]
+
+
+def test_sigkills_of_the_whole_job_resume_bit_identical(resumed, data_dir, tmp_path):
+    """Both processes (the launcher's whole process group, as a preempted job) are SIGKILLed while
+    the step-3 checkpoint is being written, then at a random moment after it completed; the third
+    launch finishes. Losses and the final state equal the uninterrupted 2-process run's exactly."""
+    import random
+
+    import kill_campaign
+
+    seed = int(os.environ.get("AVP_KILL_SEED") or random.randrange(10_000))
+    rng = random.Random(seed)
+    workdir = tmp_path / "w"
+    command = _launch_command(workdir, _overrides(data_dir))
+    kills = [kill_campaign.run_killed(command, workdir, phase, rng, env=_env(), cwd=tmp_path, timeout=LAUNCH_TIMEOUT_S)
+             for phase in ("write", "after-checkpoint")]
+    report = f"AVP_KILL_SEED={seed}: " + "; ".join(map(str, kills))
+    assert [k.landed for k in kills][0] == "write", report
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
+    assert done.returncode == 0, report + "\n" + done.stdout[-4000:]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6], report
+    assert _losses(workdir) == _losses(resumed[0]), report
+    config = tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=3)
+    for mine, theirs in zip(final_state(workdir, config, 6), final_state(resumed[0], config, 6), strict=True):
+        np.testing.assert_array_equal(mine, theirs, err_msg=report)
+
+
+STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass
+
+
+def _save_failure(log: str) -> list[str]:
+    return [line.strip(" |") for line in log.splitlines() if "error: checkpoint save" in line]
+
+
+def test_a_save_that_fails_on_one_process_stops_both_at_one_step(data_dir, tmp_path):
+    """Process 1's array writes of checkpoint 4 fail (ENOSPC, injected); process 0's succeed and its
+    save thread waits for process 1. Both stop at the same step with the same message naming
+    process 1, and nothing of step 4 is left."""
+    workdir = tmp_path / "w"
+    env = dict(_env(), AVP=f"{sys.executable} {REPO / 'tests' / 'inject_save_failure.py'} 4 1")
+    overrides = tiny_overrides(data_dir, total_steps=8, log_every=1, checkpoint_every=2, **STATS)
+    proc = subprocess.run(_launch_command(workdir, overrides), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    errors = [_save_failure(log) for log in logs]
+    assert len(errors[0]) == 1 and errors[0] == errors[1], proc.stdout[-4000:]
+    assert re.fullmatch(r"error: checkpoint save at step 4 failed: OSError: \[Errno 28\] No space left on device "
+                        r"\(process 1 of 2\); stopped at step 5; the latest good checkpoint is step 2 \(.*\)",
+                        errors[0][0]), errors[0][0]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+
+
+def test_a_really_full_filesystem_stops_both_processes_at_one_step_and_loses_nothing(data_dir, tmp_path):
+    """The workdir on a 5 MiB tmpfs that both processes share (one user and mount namespace): the
+    checkpoints of steps 2 and 4 fit, 6 does not. Both processes stop at one step with one message;
+    step 4 stays the latest and the run resumes from it (here in one process)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a small tmpfs")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    overrides = tiny_overrides(data_dir, total_steps=8, log_every=1, checkpoint_every=2, **STATS)
+    launch = " ".join(f"'{a}'" for a in _launch_command(mnt / "run", overrides))
+    script = (f"mount -t tmpfs -o size=5m tmpfs {mnt} || exit 99\n"
+              f"{launch} > {tmp_path / 'out.txt'} 2>&1; echo $? > {tmp_path / 'code'}\n"
+              f"cp -a {mnt / 'run'} {out}\n")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    if proc.returncode == 99 or not (tmp_path / "code").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {proc.stderr.strip()[-200:]}")
+    text = (tmp_path / "out.txt").read_text()
+    assert (tmp_path / "code").read_text().strip() == "1", text[-4000:]
+    errors = [_save_failure((out / "logs" / f"process_{i}.log").read_text()) for i in range(2)]
+    assert len(errors[0]) == 1 and errors[0] == errors[1], errors
+    assert re.fullmatch(r"error: checkpoint save at step 6 failed: No space left on device \(errno 28; .*\) "
+                        r"\(process \d of 2\); stopped at step 7; the latest good checkpoint is step 4 \(.*\)",
+                        errors[0][0]), errors[0][0]
+    assert "never retrieved" not in text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "4"]
+    resumed = train.train(tiny_config(data_dir, total_steps=8, log_every=1, checkpoint_every=2, **STATS), out)
+    assert sorted(resumed.losses) == [5, 6, 7, 8]
