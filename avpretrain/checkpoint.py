@@ -56,31 +56,11 @@ class _QuietOrbaxFutures:
         return True
 
 
-def _quiet_closed_loop_excepthook(previous):
-    """TensorStore's callbacks of a failed write that land after Orbax closed their event loop print
-    ``RuntimeError: Event loop is closed`` (through ``sys.excepthook``), one traceback each; those
-    are dropped, everything else goes to ``previous``."""
-
-    def hook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            frames, at = [], tb
-            while at is not None:
-                frames.append(at.tb_frame.f_code.co_name)
-                at = at.tb_next
-            if frames and frames[0] == "call_soon_threadsafe":
-                return
-        previous(kind, value, tb)
-
-    return hook
-
-
 if not os.environ.get("AVP_DEBUG"):
     import logging as _std_logging
-    import sys as _sys
 
     logging.get_absl_logger().addFilter(_QuietOrbaxErrors())
     _std_logging.getLogger("asyncio").addFilter(_QuietOrbaxFutures())
-    _sys.excepthook = _quiet_closed_loop_excepthook(_sys.excepthook)
 
 
 def _grain():
