@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import type_handlers
 
+from avpretrain import runtime
+
 # Replica-parallel saving (hosts write slices of replicated arrays cooperatively) jit-compiles a
 # slice per array per save: worth it for large arrays on pods, pure overhead for small ones.
 MIN_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
@@ -190,19 +192,15 @@ class PeerSaveFailedError(RuntimeError):
     """This process's part of a save was abandoned because another process's part failed."""
 
 
-def _kv():
-    from jax._src import distributed
-
-    return distributed.global_state.client
-
-
 def _publish_failure(error: BaseException) -> None:
     if not isinstance(error, PeerSaveFailedError):
-        _kv().key_value_set(f"{_FAILED_PREFIX}{jax.process_index()}", _cause(error), allow_overwrite=True)
+        runtime.coordination_client().key_value_set(f"{_FAILED_PREFIX}{jax.process_index()}", _cause(error),
+                                                    allow_overwrite=True)
 
 
 def _peer_failures() -> dict[int, str]:
-    return {int(k.rsplit("/", 1)[1]): v for k, v in _kv().key_value_dir_get(_FAILED_PREFIX)}
+    entries = runtime.coordination_client().key_value_dir_get(_FAILED_PREFIX)
+    return {int(k.rsplit("/", 1)[1]): v for k, v in entries}
 
 
 def _abortable_barrier(*, key: str, timeout_ms: int) -> None:
@@ -219,7 +217,7 @@ def _abortable_barrier(*, key: str, timeout_ms: int) -> None:
     if failing is not None:
         _publish_failure(failing)
         return
-    client, count = _kv(), jax.process_count()
+    client, count = runtime.coordination_client(), jax.process_count()
     client.key_value_set(f"avpretrain/barrier/{key}/{jax.process_index()}", "1", allow_overwrite=True)
     deadline, pause = time.monotonic() + timeout_ms / 1000, 0.01
     while len(client.key_value_dir_get(f"avpretrain/barrier/{key}/")) < count:
@@ -245,7 +243,8 @@ class Saver:
     every ``check(wait=True)`` (which all processes reach at the same steps): each process reports
     what it knows (still saving / done / failed and why) at the coordination service, and all
     decide from the same reports. A failure anywhere stops every process at the same step with the
-    same message (the cause of the first failing process); at most ``sync_every`` steps run after it.
+    same message (the cause of the first failing process): the first agreed step after the failure
+    surfaced on some process.
     """
 
     def __init__(self, mngr: ocp.CheckpointManager, *, sync_every: int = 1):
@@ -306,11 +305,9 @@ class Saver:
         """Every process's report, the same on every process (a barrier between writing and reading)."""
         if jax.process_count() == 1:
             return {0: local}
-        from avpretrain import runtime
-
         self.rounds += 1
         prefix = f"avpretrain/save_reports/{self.rounds}/"
-        client = _kv()
+        client = runtime.coordination_client()
         client.key_value_set(f"{prefix}{jax.process_index()}", json.dumps(local))
         runtime.barrier(f"avpretrain-save-report-{self.rounds}")
         return {int(k.rsplit("/", 1)[1]): tuple(json.loads(v)) for k, v in client.key_value_dir_get(prefix)}
@@ -323,8 +320,6 @@ class Saver:
                 self.mngr.wait_until_finished()
             except Exception:
                 pass
-            from avpretrain import runtime
-
             runtime.barrier(f"avpretrain-save-failed-{self.rounds}")
             # after the barrier every root cause is published (no save thread runs any more), so all
             # processes read the same ones; not the processes that gave up because of them
@@ -337,8 +332,6 @@ class Saver:
             for tmp in ocp.path.step.all_temporary_paths(self.mngr.directory):
                 tmp.get().rmtree()
         if several:
-            from avpretrain import runtime
-
             runtime.barrier(f"avpretrain-save-cleaned-{self.rounds}")
         self.mngr.reload()
         latest = self.mngr.latest_step()
@@ -402,8 +395,6 @@ def _move_aside(mngr: ocp.CheckpointManager, rejected) -> None:
                 target, n = aside / f"{step}.{n}", n + 1
             (directory / str(step)).rename(target)
             (target / "REJECTED.txt").write_text(problem + "\n")
-    from avpretrain import runtime
-
     runtime.barrier("avpretrain-damaged-checkpoints-moved")  # the coordination service: no device collective yet
     mngr.reload()
 

@@ -88,12 +88,18 @@ def avoid_quadratic_tracing() -> bool:
     return patched
 
 
+def coordination_client():
+    """The client of JAX's coordination service (barriers, key-value store), None in a single process."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
 def barrier(name: str, timeout_s: float = 1800.0) -> None:
     """Waits until every process of a multi-process run has reached ``name``, at the coordination
     service (no device collective; a no-op in a single process)."""
     import jax
-    from jax._src import distributed
 
-    client = distributed.global_state.client
+    client = coordination_client()
     if client is not None and jax.process_count() > 1:
         client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))

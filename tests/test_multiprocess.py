@@ -29,6 +29,14 @@ LAUNCH_TIMEOUT_S = 420
 GLOBAL_BATCH = tiny_overrides("")["batch_size"]
 
 
+def _env():
+    """The children's environment: each forces its own CPU devices (no XLA_FLAGS), and conftest's
+    JAX_COMPILATION_CACHE_DIR is inherited."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
 def _overrides(data_dir):
     return tiny_overrides(data_dir, total_steps=6, log_every=1, checkpoint_every=3)
 
@@ -38,8 +46,7 @@ def run(data_dir, tmp_path_factory):
     """Launches the 2-process job in one workdir (from a directory other than the repository)."""
     root = tmp_path_factory.mktemp("multiprocess")
     workdir = root / "workdir"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # each child forces 4 devices itself
-    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")  # and conftest's JAX_COMPILATION_CACHE_DIR
+    env = _env()
 
     def launch(*args):
         command = ["bash", str(LAUNCHER), "2", "4", TINY_CONFIG, str(workdir),
@@ -139,8 +146,7 @@ def test_a_two_process_checkpoint_resumes_on_four_processes(stopped, resumed, ru
     workdir, _ = run
     four = workdir.parent / "four"
     shutil.copytree(workdir.parent / "at_step_3", four)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+    env = _env()
     proc = subprocess.run(["bash", str(LAUNCHER), "4", "2", TINY_CONFIG, str(four),
                            *(f"--config.{k}={v}" for k, v in _overrides(data_dir).items())],
                           cwd=four.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -186,8 +192,7 @@ def test_a_dead_peer_ends_the_other_process_in_bounded_time_and_a_restart_resume
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     overrides = tiny_overrides(data_dir, total_steps=100_000, log_every=1, checkpoint_every=3)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", AVP_HEARTBEAT_TIMEOUT="10", PYTHONUNBUFFERED="1")
+    env = dict(_env(), AVP_HEARTBEAT_TIMEOUT="10")
     procs, logs = [], []
     for i in range(2):
         logs.append(open(tmp_path / f"p{i}.log", "w"))
@@ -227,12 +232,6 @@ def test_a_dead_peer_ends_the_other_process_in_bounded_time_and_a_restart_resume
 
 
 # ----------------------------------------------------------------------------- hard kills, full disks
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 def _launch_command(workdir, overrides, *args):
