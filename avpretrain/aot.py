@@ -107,7 +107,6 @@ def compile_step(config, topology: str) -> Report:
     kind, shape, _ = parse_topology(topology)
     ensure_libtpu()
     import jax
-    import jax.numpy as jnp
     from flax import nnx
     from jax.experimental import topologies
 
@@ -137,10 +136,9 @@ def compile_step(config, topology: str) -> Report:
         shardings = jax.jit(init).lower().compile().output_shardings  # where the trainer's init puts each leaf
         state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
         norm_stats = (0.0, 1.0) if method.needs_stats else None
-        train_step, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
-        batch = {name: jax.ShapeDtypeStruct((config.batch_size, *f.shape), jnp.dtype(f.dtype), sharding=batch_sharding)
-                 for name, f in method.inputs(config).items()}
-        lowered = train_step.lower(state, batch, jax.ShapeDtypeStruct((), jnp.int32))
+        train_step, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state)
+        lowered = train_step.lower(state, step_lib.batch_shapes(config, batch_sharding),
+                                   step_lib.StepInputs(config, norm_stats).shapes(mesh))
         try:
             compiled = lowered.compile()
         except Exception as e:  # XLA:TPU refuses a program whose buffers exceed the HBM

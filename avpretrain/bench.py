@@ -136,7 +136,8 @@ def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
     trainable = sum(x.size for x in jax.tree.leaves(nnx.state(model, train_state.opt.wrt)))
     total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     graphdef, state = nnx.split(train_state)
-    step_fn, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
+    step_fn, _, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state)
+    step_inputs = step_lib.StepInputs(config, norm_stats)
 
     local_batch = pipeline.process_batch_size(config.batch_size)
     rng = np.random.default_rng(config.seed + jax.process_index())
@@ -144,13 +145,13 @@ def _step_figures(config, mesh, steps: int, warmup: int) -> dict:
 
     with sharding.mesh_rules(mesh, rules):
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, batch, jnp.asarray(0, jnp.int32)).compile()
+        compiled = step_fn.lower(state, batch, step_inputs(0)).compile()
         compile_s = time.perf_counter() - t0
         runtime.release_host_memory()
         times, first_step_unix = [], None
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            state, out = compiled(state, batch, jnp.asarray(i, jnp.int32))
+            state, out = compiled(state, batch, step_inputs(i))
             jax.block_until_ready((state, out))
             first_step_unix = first_step_unix or time.time()
             if i >= warmup:

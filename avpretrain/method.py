@@ -13,7 +13,8 @@ data iterator, jitted step, checkpoint/resume, signals, non-finite stop, logging
   ``PowerSpectrogram``, ``VideoFrames``; none for token inputs). Ops with statistics (the log-mel's
   mean/std) get them computed once and stored in the workdir and the export.
 - ``update``: the step body, when the default (``step.default_update``: gradients of the
-  trainable params, optimizer, EMA) does not fit.
+  trainable params, optimizer at the step's ``lr``, EMA at its ``ema_decay``) does not fit; it gets
+  the step's inputs (``step.StepInputs``: step, lr, ema_decay, seed) as traced values.
 - ``train_data(config)``: the training stream, when the method reads more than one dataset (several
   corpora, a labelled source and an unlabelled target; ``data.streams``): this process's infinite,
   checkpointable grain ``IterDataset`` of batches with the fields of ``inputs``. Default:
@@ -72,7 +73,7 @@ class Method:
     create: Callable  # (config, rngs, encoder_only: bool) -> nnx.Module
     inputs: Callable  # (config) -> dict[str, Field]
     frontend: tuple = ()  # on-device ops, applied in order (avpretrain.frontend)
-    update: Callable | None = None  # (train_state, batch, rng, step, config) -> metrics with "loss"
+    update: Callable | None = None  # (train_state, batch, rng, inputs, config) -> metrics with "loss"
     init_sources: Callable = default_init_sources  # (config) -> list[InitSource]
     train_data: Callable | None = None  # (config) -> grain IterDataset of this process's batches
     prepare: Callable | None = None  # (config) -> None, may fill config values

@@ -3,11 +3,17 @@
 ``make_train_step`` wraps a method's step body (``Method.update``, default ``default_update``) with
 what every method shares: the front end on device, the step's RNG, the learning-rate metric and the
 finiteness flag; the state is donated and keeps its shardings.
+
+The schedules, the seed and the front end's statistics are inputs of the compiled step, not
+constants in it (``StepInputs``): runs that differ only in ``total_steps``, the learning rate, its
+warm-up, the EMA range, the seed or the dataset's statistics run one compiled program, so a sweep
+over them (and a test suite) compiles it once and loads it from the persistent cache after.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -34,15 +40,40 @@ def create_train_state(config, mesh) -> TrainState:
         return nnx.jit(init)()
 
 
-def learning_rate(config):
+def learning_rates(config, steps) -> np.ndarray:
+    """The learning rate at ``steps``: linear warm-up from 0 over ``optim.warmup_fraction`` of the
+    steps, then cosine to 0 at ``total_steps`` (optax's ``warmup_cosine_decay_schedule``, same
+    formula), in numpy on the host (``avpretrain aot`` has no device to run it on)."""
     peak = config.optim.base_lr * config.batch_size / 256
     warmup = max(int(config.optim.warmup_fraction * config.total_steps), 1)
-    # at least one decay step after the warm-up (optax refuses zero), also for a 1-step run
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(config.total_steps, warmup + 1), 0.0)
+    decay = max(config.total_steps, warmup + 1) - warmup  # at least one decay step, also for a 1-step run
+    steps = np.asarray(steps, np.float64)
+    rising = peak * np.clip(steps, 0, warmup) / warmup
+    falling = peak * 0.5 * (1 + np.cos(np.pi * np.clip(steps - warmup, 0, decay) / decay))
+    return np.where(steps < warmup, rising, falling)
+
+
+def scale_by_lr(scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
+    """``optax.scale_by_learning_rate`` with the learning rate given to each update (``lr=``, the
+    step's input) instead of a schedule built into the program. Its state is the same as the
+    scheduled one's (``ScaleByScheduleState``, the update count), so checkpoints are unchanged."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, lr, **extra):
+        del params, extra
+        factor = -scale * lr
+        updates = jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def make_optimizer(config, model):
-    """Clip + AdamW (no decay on 1-D params) over the model's trainable params.
+    """Clip + AdamW (no decay on 1-D params) over the model's trainable params; the learning rate
+    is each update's ``lr=`` (``StepInputs``).
 
     ``optim.lr_mult.<group>`` scales the learning rate of a parameter group (``model.param_group``,
     e.g. "encoder" / "head"); a multiplier of 0 freezes the group: no gradient, no optimizer state.
@@ -58,12 +89,12 @@ def make_optimizer(config, model):
     frozen = {g for g, m in mult.items() if m == 0}
     if frozen:
         wrt = nnx.All(wrt, lambda path, _: group_of(path) not in frozen)
-    schedule = learning_rate(config)
 
-    def adamw(scale):
-        lr = schedule if scale == 1 else (lambda step: scale * schedule(step))
-        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                           mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+    def adamw(scale):  # optax.adamw's chain, its learning rate given at each update
+        return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2),
+                           optax.add_decayed_weights(o.weight_decay,
+                                                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
+                           scale_by_lr(scale))
 
     if any(m not in (0, 1) for m in mult.values()):
         def labels(params):
@@ -76,48 +107,80 @@ def make_optimizer(config, model):
     return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(o.grad_clip), update), wrt=wrt)
 
 
-def ema_decay(config, step):
-    """Linear from ``ema.start`` to ``ema.end`` over training (M2D)."""
-    frac = jnp.clip(step / max(config.total_steps, 1), 0.0, 1.0)
-    return config.ema.start + (config.ema.end - config.ema.start) * frac
+class StepInputs:
+    """What the compiled step takes besides the state and the batch, per step (host-side scalars):
+    ``step``, ``lr`` (``learning_rates``, computed once for all steps), ``ema_decay`` (linear from
+    ``ema.start`` to ``ema.end`` over training, M2D), ``seed`` and the front end's ``norm_stats``
+    (mean, std; absent for a method without statistics)."""
+
+    def __init__(self, config, norm_stats=None):
+        steps = np.arange(max(config.total_steps, 1) + 1)
+        self.lr = learning_rates(config, steps).astype(np.float32)
+        frac = np.clip(steps / max(config.total_steps, 1), 0.0, 1.0)
+        ema = config.get("ema")
+        self.ema_decay = (np.asarray(ema.start + (ema.end - ema.start) * frac, np.float32) if ema is not None
+                          else np.zeros_like(self.lr))
+        self.seed = np.int32(config.seed)
+        self.norm_stats = None if norm_stats is None else np.asarray(norm_stats, np.float32).reshape(2)
+
+    def __call__(self, step: int) -> dict:
+        i = min(step, len(self.lr) - 1)
+        inputs = {"step": np.int32(step), "lr": self.lr[i], "ema_decay": self.ema_decay[i], "seed": self.seed}
+        if self.norm_stats is not None:
+            inputs["norm_stats"] = self.norm_stats
+        return inputs
+
+    def shapes(self, mesh) -> dict:
+        """The inputs as ``jax.ShapeDtypeStruct``, replicated over ``mesh`` (ahead-of-time lowering)."""
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated),
+                            self(0))
 
 
-def default_update(ts: TrainState, batch, rng, step, config) -> dict:
-    """Gradients of ``model.loss`` w.r.t. the optimizer's params → optimizer update → EMA (models with
-    ``EMA = True``). Other state the loss mutates (e.g. codebook statistics) is kept as mutated."""
+def batch_shapes(config, batch_sharding) -> dict:
+    """The global batch the step takes (the method's declared fields), as shapes."""
+    return {name: jax.ShapeDtypeStruct((config.batch_size, *f.shape), jnp.dtype(f.dtype), sharding=batch_sharding)
+            for name, f in method_lib.of(config).inputs(config).items()}
+
+
+def default_update(ts: TrainState, batch, rng, inputs, config) -> dict:
+    """Gradients of ``model.loss`` w.r.t. the optimizer's params → optimizer update at the step's
+    ``lr`` → EMA at its ``ema_decay`` (models with ``EMA = True``). Other state the loss mutates (e.g.
+    codebook statistics) is kept as mutated."""
+    del config
 
     def loss_fn(model):
         return model.loss(batch, rng)
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.opt.wrt), has_aux=True)(ts.model)
-    ts.opt.update(ts.model, grads)
+    ts.opt.update(ts.model, grads, lr=inputs["lr"])
     if getattr(type(ts.model), "EMA", False):
-        ts.model.ema_update(ema_decay(config, step))
+        ts.model.ema_update(inputs["ema_decay"])
     return {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
 
-def make_train_step(config, mesh, graphdef, state, norm_stats):
-    """The jitted step ``(state, batch, step) -> (state, metrics)`` and its shardings (state, batch).
+def make_train_step(config, mesh, graphdef, state):
+    """The jitted step ``(state, batch, inputs) -> (state, metrics)`` and its shardings (state, batch).
 
-    Front end → the method's step body → metrics with ``lr`` and ``finite`` (loss and gradient norm
-    finite); ``norm_stats`` is what the front end's statistics ops use (None when it has none).
+    ``inputs`` is ``StepInputs(config, norm_stats)(step)``. Front end → the method's step body →
+    metrics with ``lr`` and ``finite`` (loss and gradient norm finite).
     """
     method = method_lib.of(config)
     update = method.update or default_update
     rules = config.sharding_rules
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    schedule = learning_rate(config)
 
-    def step_fn(state, batch, step):
+    def step_fn(state, batch, inputs):
         ts = nnx.merge(graphdef, state)
         # the key made in the trace: nothing runs eagerly here (``avpretrain aot`` has no devices to run on)
-        rng = jax.random.fold_in(jax.random.key(config.seed), step)
-        out = update(ts, frontend.apply(method.frontend, batch, norm_stats), rng, step, config)
+        rng = jax.random.fold_in(jax.random.key(inputs["seed"]), inputs["step"])
+        stats = (inputs["norm_stats"][0], inputs["norm_stats"][1]) if "norm_stats" in inputs else None
+        out = update(ts, frontend.apply(method.frontend, batch, stats), rng, inputs, config)
         finite = jnp.isfinite(out["loss"])
         if "grad_norm" in out:
             finite &= jnp.isfinite(out["grad_norm"])
-        return nnx.state(ts), {"lr": schedule(step), **out, "finite": finite}
+        return nnx.state(ts), {"lr": inputs["lr"], **out, "finite": finite}
 
     with sharding.mesh_rules(mesh, rules):
         jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),

@@ -16,7 +16,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -79,7 +78,8 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
 
     train_state = step_lib.create_train_state(config, mesh)
     graphdef, state = nnx.split(train_state)
-    train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state, norm_stats)
+    train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state)
+    step_inputs = step_lib.StepInputs(config, norm_stats)
     images_fn = (make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
                  if method.images else None)
     validator = (validation.Validator(config, workdir, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
@@ -141,13 +141,13 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
                 if compiled is None:  # ahead of time, so that the compile's freed memory goes back first
                     metrics_lib.log("compiling the train step (or loading it from the compilation cache)")
                     t0 = time.time()
-                    compiled = train_step.lower(state, batch, jnp.asarray(step, jnp.int32)).compile()
+                    compiled = train_step.lower(state, batch, step_inputs(step)).compile()
                     compile_s = time.time() - t0
                     runtime.release_host_memory()
                     # Processes finish compiling minutes apart on a loaded host; CPU collectives (gloo)
                     # connect at the first step with a fixed timeout, so they start it together.
                     runtime.barrier("avpretrain-step-compiled")
-                state, out = compiled(state, batch, jnp.asarray(step, jnp.int32))
+                state, out = compiled(state, batch, step_inputs(step))
             if step == start:
                 jax.block_until_ready(out)
                 metrics_lib.log(f"first step done {time.time() - avpretrain.STARTED:.1f} s after start "

@@ -37,12 +37,12 @@ class ToyClassifier(nnx.Module):
                 {"accuracy": (logits.argmax(-1) == batch["label"]).mean()})
 
 
-def _update(ts, batch, rng, step, config):
+def _update(ts, batch, rng, inputs, config):
     """A custom step body: plain SGD at ``optim.base_lr`` (the optimizer is not used)."""
     loss, grads = nnx.value_and_grad(lambda m: m.loss(batch, rng)[0], argnums=nnx.DiffState(0, nnx.Param))(ts.model)
     lr = config.optim.base_lr
     nnx.update(ts.model, jax.tree.map(lambda p, g: p - lr * g, nnx.state(ts.model, nnx.Param), grads))
-    return {"loss": loss, "grad_norm": optax.tree.norm(grads), "sgd_steps": step + 1}
+    return {"loss": loss, "grad_norm": optax.tree.norm(grads), "sgd_steps": inputs["step"] + 1}
 
 
 class Adapter:
