@@ -107,25 +107,26 @@ def make_optimizer(config, model):
     return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(o.grad_clip), update), wrt=wrt)
 
 
+def ema_decay(config, step) -> float:
+    """Linear from ``ema.start`` to ``ema.end`` over training (M2D); 0 for a config without ``ema``."""
+    ema = config.get("ema")
+    if ema is None:
+        return 0.0
+    return ema.start + (ema.end - ema.start) * min(max(step / max(config.total_steps, 1), 0.0), 1.0)
+
+
 class StepInputs:
-    """What the compiled step takes besides the state and the batch, per step (host-side scalars):
-    ``step``, ``lr`` (``learning_rates``, computed once for all steps), ``ema_decay`` (linear from
-    ``ema.start`` to ``ema.end`` over training, M2D), ``seed`` and the front end's ``norm_stats``
-    (mean, std; absent for a method without statistics)."""
+    """What the compiled step takes besides the state and the batch, computed on the host for each
+    step: ``step``, ``lr`` (``learning_rates``), ``ema_decay``, ``seed`` and the front end's
+    ``norm_stats`` (mean, std; absent for a method without statistics)."""
 
     def __init__(self, config, norm_stats=None):
-        steps = np.arange(max(config.total_steps, 1) + 1)
-        self.lr = learning_rates(config, steps).astype(np.float32)
-        frac = np.clip(steps / max(config.total_steps, 1), 0.0, 1.0)
-        ema = config.get("ema")
-        self.ema_decay = (np.asarray(ema.start + (ema.end - ema.start) * frac, np.float32) if ema is not None
-                          else np.zeros_like(self.lr))
-        self.seed = np.int32(config.seed)
+        self.config = config
         self.norm_stats = None if norm_stats is None else np.asarray(norm_stats, np.float32).reshape(2)
 
     def __call__(self, step: int) -> dict:
-        i = min(step, len(self.lr) - 1)
-        inputs = {"step": np.int32(step), "lr": self.lr[i], "ema_decay": self.ema_decay[i], "seed": self.seed}
+        inputs = {"step": np.int32(step), "lr": np.float32(learning_rates(self.config, step)),
+                  "ema_decay": np.float32(ema_decay(self.config, step)), "seed": np.int32(self.config.seed)}
         if self.norm_stats is not None:
             inputs["norm_stats"] = self.norm_stats
         return inputs
