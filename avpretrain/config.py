@@ -89,6 +89,7 @@ def load_config(spec: str, overrides: list[str] | dict | None = None) -> ml_coll
 
 # Range checks of the keys most configs share (a config without the key skips its check).
 _CHECKS = {
+    "seed": (lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (a 32-bit step input)"),
     "batch_size": (lambda v: v >= 1, "a positive integer"),
     "total_steps": (lambda v: v >= 1, "a positive integer"),
     "log_every": (lambda v: v >= 1, "a positive integer"),

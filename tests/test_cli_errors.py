@@ -19,6 +19,7 @@ def _error(capsys, argv):
 @pytest.mark.parametrize("override, expected", [
     ("--config.batch_size=-1", "config key 'batch_size' = -1: must be a positive integer"),
     ("--config.total_steps=0", "config key 'total_steps' = 0: must be a positive integer"),
+    ("--config.seed=3000000000", "config key 'seed' = 3000000000: must be an integer in [0, 2**31)"),
     ("--config.model.mask_ratio=1.5", "config key 'model.mask_ratio' = 1.5: must be in (0, 1)"),
 ])
 def test_out_of_range_values_are_refused_before_anything_is_written(capsys, tmp_path, override, expected):
