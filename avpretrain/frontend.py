@@ -12,6 +12,7 @@ log-mel's mean/std over random training crops): computed once per run, stored in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 
 import jax
@@ -87,6 +88,9 @@ def load_or_compute_norm_stats(config, workdir) -> tuple[float, float]:
     return mean, std
 
 
+_STATS_PASSES = itertools.count()  # a barrier's name is used once
+
+
 def compute_norm_stats(config, num_batches: int | None = None) -> tuple[float, float]:
     """Mean/std of the log-mel over random training crops (all processes contribute)."""
     from jax.experimental import multihost_utils
@@ -99,5 +103,10 @@ def compute_norm_stats(config, num_batches: int | None = None) -> tuple[float, f
     sums = np.zeros(2)
     for _ in range(num_batches):
         sums += np.array(jax.device_get(lms_fn(next(it)["audio"])))
+    # CPU collectives (gloo) connect at the first one with a fixed 30 s timeout, and processes reach
+    # this one at different times (the trainer traces and loads the step beside it): together
+    from avpretrain import runtime
+
+    runtime.barrier(f"avpretrain-norm-stats-{next(_STATS_PASSES)}")
     sums = multihost_utils.process_allgather(sums).reshape(-1, 2).mean(0) / num_batches
     return float(sums[0]), float(np.sqrt(max(sums[1] - sums[0] ** 2, 1e-12)))

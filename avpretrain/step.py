@@ -11,6 +11,8 @@ over them (and a test suite) compiles it once and loads it from the persistent c
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,15 +31,45 @@ def create_model(config, rngs, encoder_only: bool = False):
     return method_lib.of(config).create(config, rngs, encoder_only)
 
 
-def create_train_state(config, mesh) -> TrainState:
-    """Model and optimizer, initialised directly on their shards (no full host copy)."""
+@dataclasses.dataclass(frozen=True)
+class StatePlan:
+    """The train state before it is computed, from one trace of its init program: ``graphdef``, the
+    ``abstract`` state (``jax.ShapeDtypeStruct`` leaves carrying their shardings, from the params'
+    logical axes) and the lowered ``init`` program. The trainer lowers the step and restores a
+    checkpoint against ``abstract`` (a resume never runs ``init``) while ``initialize`` loads and
+    runs the init program in the background."""
+    graphdef: nnx.GraphDef
+    abstract: nnx.State
+    init: jax.stages.Lowered
+
+    def initialize(self) -> nnx.State:
+        """The fresh state (the seed's), computed directly on its shards (no full host copy)."""
+        return jax.device_put(self.init.compile()(), jax.tree.map(lambda x: x.sharding, self.abstract))
+
+
+def plan_train_state(config, mesh) -> StatePlan:
+    graphdefs = []
 
     def init():
         model = create_model(config, nnx.Rngs(config.seed))
-        return TrainState(model, make_optimizer(config, model))
+        graphdef, state = nnx.split(TrainState(model, make_optimizer(config, model)))
+        graphdefs.append(graphdef)  # static: known once traced
+        return state
 
     with sharding.mesh_rules(mesh, config.sharding_rules):
-        return nnx.jit(init)()
+        traced = jax.jit(init).trace()
+        specs = nnx.get_partition_spec(traced.out_info)  # logical axes through the ambient rules
+        abstract = jax.tree.map(  # (a frozen group's optimizer state is optax's empty MaskedNode)
+            lambda x, spec: x if isinstance(x, optax.MaskedNode) else
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, spec)),
+            traced.out_info, specs, is_leaf=lambda x: isinstance(x, (jax.sharding.PartitionSpec, optax.MaskedNode)))
+        return StatePlan(graphdefs[0], abstract, traced.lower())
+
+
+def create_train_state(config, mesh) -> TrainState:
+    """Model and optimizer, initialised directly on their shards (no full host copy)."""
+    plan = plan_train_state(config, mesh)
+    return nnx.merge(plan.graphdef, plan.initialize())
 
 
 def learning_rates(config, steps) -> np.ndarray:

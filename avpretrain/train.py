@@ -9,6 +9,7 @@ save, and logging (metrics; the method's images, ``Method.images``, every ``imag
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -74,42 +75,61 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
     changes = workdir_lib.config_changes(workdir, config)  # refuses an incompatible resume, writes nothing
     if changes:
         metrics_lib.log(workdir_lib.describe_changes(workdir, changes, workdir_lib.stored_norm_stats(config, workdir)))
-    norm_stats = frontend.load_or_compute_norm_stats(config, workdir) if method.needs_stats else None
+    stop = stop_at if stop_at is not None else config.total_steps
+    saved_steps = workdir_lib.checkpointed_steps(workdir)  # a damaged one too: then init and compile come later
+    # Start-up overlaps XLA's work, which runs without Python's lock, with the Python work: the init
+    # program loads and runs (a fresh run only) while the data streams are opened and the step is
+    # traced against the abstract state, and the step compiles (or loads from the cache) while the
+    # statistics are computed and a resume restores. (XLA's compile itself keeps ~1.7 of 2 CPU
+    # cores busy; loading from the cache, one.)
+    plan = step_lib.plan_train_state(config, mesh)
+    graphdef = plan.graphdef
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="avpretrain-start") as background:
+        initializing = None if saved_steps else background.submit(plan.initialize)
+        # A method with its own streams checkpoints their grain iterators (per process); the shared
+        # pipeline is positioned by the examples consumed (data.order), on any process count. Both are
+        # opened before the step is traced and anything is written (a dataset that lacks a field is a
+        # clear error).
+        own_stream = iter(method.train_data(config)) if method.train_data else None
+        stream = None if own_stream else pipeline.global_stream(config)
+        train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, plan.abstract)
+        compiling = None
+        if max(saved_steps, default=0) < stop:  # else nothing to train (unless the latest step is damaged)
+            metrics_lib.log("compiling the train step (or loading it from the compilation cache)")
+            compiling = background.submit(_compile, _lower(train_step, plan.abstract, config, batch_sharding, mesh))
+        # the init program's device work ends before the statistics' (one order on every process)
+        fresh = initializing.result() if initializing else None
+        norm_stats = frontend.load_or_compute_norm_stats(config, workdir) if method.needs_stats else None
+        step_inputs = step_lib.StepInputs(config, norm_stats)
+        images_fn = (make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
+                     if method.images else None)
+        validator = (validation.Validator(config, workdir, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
+                     if config.get("eval_every", 0) else None)
+        clip_seconds = method_lib.clip_seconds(config)
 
-    train_state = step_lib.create_train_state(config, mesh)
-    graphdef, state = nnx.split(train_state)
-    train_step, state_sharding, batch_sharding = step_lib.make_train_step(config, mesh, graphdef, state)
-    step_inputs = step_lib.StepInputs(config, norm_stats)
-    images_fn = (make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
-                 if method.images else None)
-    validator = (validation.Validator(config, workdir, mesh, graphdef, state_sharding, batch_sharding, norm_stats)
-                 if config.get("eval_every", 0) else None)
-    clip_seconds = method_lib.clip_seconds(config)
-
-    # A method with its own streams checkpoints their grain iterators (per process); the shared
-    # pipeline is positioned by the examples consumed (data.order), on any process count. Both are
-    # opened before anything is written (a dataset that lacks a field is a clear error).
-    own_stream = iter(method.train_data(config)) if method.train_data else None
-    stream = None if own_stream else pipeline.global_stream(config)
-    mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
-                              every=config.checkpoint_every)
-    start, restored = checkpoint.restore_latest(mngr, nnx.to_pure_dict(state), own_stream, log=metrics_lib.log)
-    examples = 0
-    if start:
-        nnx.replace_by_pure_dict(state, restored)
-        position = checkpoint.saved_data(mngr, start)  # None: saved before positions were (constant batch assumed)
-        examples = int(position["examples"]) if position else start * config.batch_size
-        moved = (f"; saved by {position['process_count']} processes, now {jax.process_count()}"
-                 if position and position["process_count"] != jax.process_count() else "")
-        metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}"
-                        + ("" if own_stream else f" (after {examples} examples{moved})"))
-    else:
-        step_lib.initialize_from(config, state)
+        mngr = checkpoint.manager(workdir / workdir_lib.CHECKPOINTS_NAME, keep=config.keep_checkpoints,
+                                  every=config.checkpoint_every)
+        # restored onto the abstract state's shardings: a resume never computes a fresh state
+        start, restored = checkpoint.restore_latest(mngr, nnx.to_pure_dict(plan.abstract), own_stream,
+                                                    log=metrics_lib.log)
+        examples = 0
+        if start:
+            state = jax.tree.map(lambda x: x, plan.abstract)
+            nnx.replace_by_pure_dict(state, restored)
+            position = checkpoint.saved_data(mngr, start)  # None: saved before positions were (constant batch assumed)
+            examples = int(position["examples"]) if position else start * config.batch_size
+            moved = (f"; saved by {position['process_count']} processes, now {jax.process_count()}"
+                     if position and position["process_count"] != jax.process_count() else "")
+            metrics_lib.log(f"resumed from {workdir / workdir_lib.CHECKPOINTS_NAME} at step {start}"
+                            + ("" if own_stream else f" (after {examples} examples{moved})"))
+        else:
+            state = fresh if fresh is not None else plan.initialize()
+            step_lib.initialize_from(config, state)
+        compiled, compile_s = compiling.result() if compiling else (None, None)
     iterator = own_stream or iter(pipeline.batched(stream, config, start=examples))
     if jax.process_index() == 0:  # only now: a resume that fails to restore leaves the workdir as it was
         workdir_lib.write_config(workdir, config, changes, start)
 
-    stop = stop_at if stop_at is not None else config.total_steps
     if validator is not None:
         if validator.stopped_early(start):
             metrics_lib.log(f"{workdir}: stopped early at step {start} ({validation.summary(workdir)}); nothing to do")
@@ -133,20 +153,20 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
             saver.save(step, nnx.to_pure_dict(state), own_stream, data=position, force=force)
             saved[0] = step
 
-    compiled = None
+    synced = False
     try:
         while step < stop:
             batch = pipeline.to_global(next(iterator), batch_sharding)
             with sharding.mesh_rules(mesh, rules):
-                if compiled is None:  # ahead of time, so that the compile's freed memory goes back first
+                if compiled is None:  # a damaged latest checkpoint put the start before it
                     metrics_lib.log("compiling the train step (or loading it from the compilation cache)")
-                    t0 = time.time()
-                    compiled = train_step.lower(state, batch, step_inputs(step)).compile()
-                    compile_s = time.time() - t0
-                    runtime.release_host_memory()
+                    compiled, compile_s = _compile(_lower(train_step, state, config, batch_sharding, mesh))
+                if not synced:
+                    runtime.release_host_memory()  # the compile's freed heap, before the first step's buffers
                     # Processes finish compiling minutes apart on a loaded host; CPU collectives (gloo)
                     # connect at the first step with a fixed timeout, so they start it together.
                     runtime.barrier("avpretrain-step-compiled")
+                    synced = True
                 state, out = compiled(state, batch, step_inputs(step))
             if step == start:
                 jax.block_until_ready(out)
@@ -197,6 +217,20 @@ def _train(config, workdir, stop_at, signals) -> TrainResult:
         writer.close()
         saver.close()
     return TrainResult(step, losses)
+
+
+def _lower(train_step, state, config, batch_sharding, mesh) -> jax.stages.Lowered:
+    """The step traced for ``state``'s shapes and the method's declared batch fields. The inputs'
+    values are not in the program (``StepInputs``): placeholder statistics lower the same step."""
+    inputs = step_lib.StepInputs(config, (0.0, 1.0) if method_lib.of(config).needs_stats else None)(0)
+    with sharding.mesh_rules(mesh, config.sharding_rules):
+        return train_step.lower(state, step_lib.batch_shapes(config, batch_sharding), inputs)
+
+
+def _compile(lowered: jax.stages.Lowered):
+    """(the step compiled, or loaded from the persistent cache, seconds taken)."""
+    t0 = time.time()
+    return lowered.compile(), time.time() - t0
 
 
 def make_images_fn(config, mesh, graphdef, state_sharding, batch_sharding, norm_stats):

@@ -78,3 +78,22 @@ def test_the_optimizer_is_optax_adamw_with_the_same_state(data_dir):
         for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_theirs), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
     assert int(s_ours[1][2].count) == 3
+
+
+def test_the_planned_state_is_the_initialized_one_on_a_data_fsdp_tensor_mesh(data_dir):
+    """``plan_train_state``'s abstract state (what a resume restores onto and the step is lowered
+    for) has the shapes, dtypes and shardings of the state its init program computes."""
+    config = tiny_config(data_dir, mesh=(("data", 2), ("fsdp", 2), ("tensor", 2)))
+    plan = step_lib.plan_train_state(config, train.make_mesh(config))
+    state = plan.initialize()
+    abstract, real = jax.tree.leaves(plan.abstract), jax.tree.leaves(state)
+    assert len(abstract) == len(real) > 100
+    split = 0
+    for a, r in zip(abstract, real, strict=True):
+        assert (a.shape, a.dtype) == (r.shape, r.dtype)
+        assert a.sharding.is_equivalent_to(r.sharding, r.ndim), (a.sharding, r.sharding)
+        split += not r.sharding.is_fully_replicated
+    assert split > 10  # the kernels are split over fsdp and tensor: the comparison is not of replicas
+    # the seed's state: the same values from a second plan
+    again = jax.tree.leaves(step_lib.plan_train_state(config, train.make_mesh(config)).initialize())
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(real, again))

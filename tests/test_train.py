@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from avpretrain import cli, sharding, train
+from avpretrain import cli, sharding, step as step_lib, train
 from helpers import REPO, TINY_CONFIG, start_training, tiny_config
 
 STATS = {"data.norm_stats": (-8.0, 3.6)}  # fixed statistics: no stats pass in these tests
@@ -22,18 +22,27 @@ def test_eight_devices_equal_one_device(data_dir, tmp_path, monkeypatch):
     np.testing.assert_allclose([losses8[s] for s in range(1, 5)], [losses1[s] for s in range(1, 5)], rtol=2e-5)
 
 
-def test_resumed_run_reproduces_uninterrupted_losses_exactly(data_dir, tmp_path):
+def _refuse(what):
+    def refused(*args, **kwargs):
+        raise AssertionError(f"{what} ran")
+    return refused
+
+
+def test_resumed_run_reproduces_uninterrupted_losses_exactly(data_dir, tmp_path, monkeypatch):
     cfg = tiny_config(data_dir, total_steps=6, log_every=1, checkpoint_every=3, **STATS)
     full = train.train(cfg, tmp_path / "full").losses
     first = train.train(cfg, tmp_path / "resumed", stop_at=3)
     assert first.step == 3 and sorted(first.losses) == [1, 2, 3]
+    # a resume restores onto the abstract state: the init program never runs
+    monkeypatch.setattr(step_lib.StatePlan, "initialize", _refuse("init"))
     second = train.train(cfg, tmp_path / "resumed")
     assert sorted(second.losses) == [4, 5, 6]
     assert [full[s] for s in range(1, 7)] == [first.losses[s] for s in (1, 2, 3)] + [second.losses[s] for s in (4, 5, 6)]
     records = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and all("loss" in r for r in records)
     assert any(f.name.startswith("events.out.tfevents") for f in (tmp_path / "resumed" / "tensorboard").iterdir())
-    # A finished run resumes into nothing: no step runs again.
+    # A finished run resumes into nothing: no step runs again, none is compiled.
+    monkeypatch.setattr(train, "_compile", _refuse("the step's compile"))
     assert train.train(cfg, tmp_path / "full").losses == {}
 
 
