@@ -48,6 +48,7 @@ class StatePlan:
 
 
 def plan_train_state(config, mesh) -> StatePlan:
+    """``config``'s train state planned on ``mesh`` (``StatePlan``), nothing computed yet."""
     graphdefs = []
 
     def init():
