@@ -64,6 +64,96 @@ def test_attention_implementation_choice():
         vit.attention_implementation("flash", jnp.float32, "cpu")
 
 
+def _vjp_pair(f, *args):
+    """f(*args) and its vector-Jacobian product with a fixed random cotangent."""
+    out, vjp = jax.vjp(f, *args)
+    return out, vjp(jax.random.normal(jax.random.key(9), out.shape, out.dtype))
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_lean_backward_pieces_equal_autodiff_of_the_formulas(dtype, tol):
+    """GELU, softmax and LayerNorm with their own backward (vit.exact_gelu, vit.softmax,
+    vit.LayerNorm) give the values and gradients of the plain formulas differentiated by JAX."""
+    x = (3 * jax.random.normal(jax.random.key(6), (3, 5, 16))).astype(dtype)
+    for ours, plain in [(vit.exact_gelu, lambda x: jax.nn.gelu(x, approximate=False)),
+                        (vit.softmax, lambda x: jax.nn.softmax(x, axis=-1))]:
+        (y, (g,)), (y0, (g0,)) = _vjp_pair(ours, x), _vjp_pair(plain, x)
+        assert y.dtype == g.dtype == dtype
+        np.testing.assert_allclose(np.float32(y), np.float32(y0), rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.float32(g), np.float32(g0), rtol=tol, atol=tol)
+    # masked logits (finfo.min, as attention masks them): no NaN, zero weight, zero gradient
+    masked = jnp.where(jnp.arange(16) < 11, x.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    y, (g,) = _vjp_pair(vit.softmax, masked)
+    assert np.all(np.isfinite(g)) and np.all(y[..., 11:] == 0) and np.all(g[..., 11:] == 0)
+
+    with sharding.mesh_rules(sharding.single_device_mesh()):
+        ours = vit.layer_norm(16, nnx.Rngs(0), dtype)
+        plain = nnx.LayerNorm(16, epsilon=vit.LN_EPS, dtype=dtype, rngs=nnx.Rngs(0))
+    for m in (ours, plain):  # parameters away from their init so that their gradients mean something
+        m.scale[...] = 1 + 0.1 * jax.random.normal(jax.random.key(7), (16,))
+        m.bias[...] = 0.1 * jax.random.normal(jax.random.key(8), (16,))
+    assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(jnp.shape, nnx.state(plain))
+    x = x + 5  # a mean far from 0
+    def norm_vjp(m):
+        return _vjp_pair(lambda x, scale, bias: _with(m, {"scale": scale, "bias": bias})(x), x, m.scale[...], m.bias[...])
+
+    (y, (g, gs, gb)), (y0, (g0, gs0, gb0)) = norm_vjp(ours), norm_vjp(plain)
+    assert y.dtype == g.dtype == dtype and gs.dtype == gb.dtype == jnp.float32
+    for a, b in [(y, y0), (g, g0), (gs, gs0), (gb, gb0)]:
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol, atol=tol * 10)
+
+
+def _with(module, params):
+    """``module`` with its parameters replaced by ``params`` (a pure dict, traced values)."""
+    graphdef, state = nnx.split(module)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def _written_out_block(p, x, heads):
+    """A pre-norm block's formula with jax.nn's GELU and softmax, differentiated by JAX as written."""
+    def norm(x, n):
+        mean = x.mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + vit.LN_EPS) * n["scale"] + n["bias"]
+
+    B, N, D = x.shape
+    qkv = (norm(x, p["norm1"]) @ p["attn"]["qkv"]["kernel"] + p["attn"]["qkv"]["bias"]).reshape(B, N, 3, heads, -1)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    a = (jax.nn.softmax(q @ k.swapaxes(-1, -2) / np.sqrt(D // heads), -1) @ v).transpose(0, 2, 1, 3).reshape(B, N, D)
+    x = x + a @ p["attn"]["proj"]["kernel"] + p["attn"]["proj"]["bias"]
+    h = jax.nn.gelu(norm(x, p["norm2"]) @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"], approximate=False)
+    return x + h @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+
+
+def test_blocks_keep_less_for_the_backward_than_the_formula_differentiated_as_written():
+    """A stack of 3 blocks, forward + backward compiled: XLA's temporary buffer for ours is at most
+    3/4 of the written-out formula's (0.62 measured: the lean GELU, softmax and LayerNorm
+    backward), with the same gradients."""
+    with sharding.mesh_rules(sharding.single_device_mesh()):
+        stack = vit.blocks(3, 64, 4, 4.0, nnx.Rngs(0))
+    params = [nnx.to_pure_dict(nnx.state(b)) for b in stack]
+    x = jax.random.normal(jax.random.key(0), (4, 96, 64))
+
+    def ours(params, x):
+        for block, p in zip(stack, params):
+            x = _with(block, p)(x)
+        return (x ** 2).sum()
+
+    def written_out(params, x):
+        for p in params:
+            x = _written_out_block(p, x, 4)
+        return (x ** 2).sum()
+
+    temp, grads = {}, {}
+    for f in (ours, written_out):
+        step = jax.jit(jax.grad(f, argnums=(0, 1)))
+        temp[f.__name__] = step.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+        grads[f.__name__] = step(params, x)
+    assert temp["ours"] <= 0.75 * temp["written_out"], temp
+    for a, b in zip(jax.tree.leaves(grads["ours"]), jax.tree.leaves(grads["written_out"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
 def _tiny_m2d(**kw):
     with sharding.mesh_rules(sharding.single_device_mesh()):
         return m2d.M2D(input_frames=64, width=64, depth=2, num_heads=4, pred_width=32, pred_depth=1,

@@ -5,6 +5,8 @@ Parameters carry logical axis names (see ``avpretrain.sharding``).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,8 +30,60 @@ def dense(d_in, d_out, axes, rngs, dtype=jnp.float32):
 
 
 def layer_norm(dim, rngs, dtype=jnp.float32):
-    return nnx.LayerNorm(dim, epsilon=LN_EPS, scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
-                         bias_init=_init(nnx.initializers.zeros_init(), ("norm",)), dtype=dtype, rngs=rngs)
+    return LayerNorm(dim, epsilon=LN_EPS, scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
+                     bias_init=_init(nnx.initializers.zeros_init(), ("norm",)), dtype=dtype, rngs=rngs)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` over the last axis (same parameters; the forward as torch's: x̂·scale + bias)
+    whose backward keeps one array of x's size, x̂ (``normalize``), as torch's keeps x."""
+
+    def __call__(self, x):
+        scale, bias = self.scale[...], self.bias[...]
+        if self.dtype is not None:  # nnx.LayerNorm's promotion: input and parameters in ``dtype``
+            x, scale, bias = (a.astype(self.dtype) for a in (x, scale, bias))
+        return normalize(x, scale, bias, self.epsilon)
+
+
+def _normalized(x, epsilon):
+    """x̂ = (x − mean)·rsqrt(var + ε) over the last axis in float32 (flax's fast variance, E[x²] −
+    E[x]²) and the rsqrt."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.maximum(0.0, jnp.mean(x32 * x32, -1, keepdims=True) - mean * mean) + epsilon)
+    return (x32 - mean) * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize(x, scale, bias, epsilon):
+    """x̂·scale + bias, x̂ = (x − mean)·rsqrt(var + ε) over the last axis, statistics in float32,
+    the result in x's dtype.
+
+    Its backward keeps x̂ (in x's dtype) and the row's rsqrt, and nothing of x: differentiated as
+    written, XLA:CPU kept x, x − mean and a scaled copy of it from the forward, and a backward in
+    terms of x had XLA compute its x-only terms for every layer early, in the forward.
+    """
+    xhat, _ = _normalized(x, epsilon)
+    return (xhat * scale + bias).astype(x.dtype)
+
+
+def _normalize_fwd(x, scale, bias, epsilon):
+    xhat, rstd = _normalized(x, epsilon)
+    return (xhat * scale + bias).astype(x.dtype), (xhat.astype(x.dtype), rstd, scale, bias)
+
+
+def _normalize_bwd(epsilon, res, g):
+    del epsilon
+    xhat, rstd, scale, bias = res
+    xhat32, g32 = xhat.astype(jnp.float32), g.astype(jnp.float32)
+    gs = g32 * scale.astype(jnp.float32)  # the gradient w.r.t. x̂
+    dx = rstd * (gs - jnp.mean(gs, -1, keepdims=True) - xhat32 * jnp.mean(gs * xhat32, -1, keepdims=True))
+    rows = tuple(range(xhat.ndim - 1))
+    return (dx.astype(xhat.dtype), jnp.sum(g32 * xhat32, rows).astype(scale.dtype),
+            jnp.sum(g32, rows).astype(bias.dtype))
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "plain", "xla", "cudnn")
@@ -59,8 +113,31 @@ def plain_attention(q_BNHK, k_BNHK, v_BNHK, mask=None):
     logits = ((q * q.shape[-1] ** -0.5) @ k.swapaxes(-1, -2)).astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = softmax(logits).astype(v.dtype)
     return (weights @ v).transpose(0, 2, 1, 3)
+
+
+@jax.custom_vjp
+def softmax(x):
+    """``jax.nn.softmax`` over the last axis whose backward keeps only its output.
+
+    Differentiated as written, XLA:CPU kept three [B, H, N, N] arrays per attention layer for the
+    backward (the exponentials, the probabilities and a broadcast of the sums); the derivative
+    needs only the probabilities y: dx = y·(g − Σ g·y). M2D base: -0.3 GiB of the step's peak.
+    """
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x):
+    y = jax.nn.softmax(x, axis=-1)
+    return y, y
+
+
+def _softmax_bwd(y, g):
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 class Attention(nnx.Module):
@@ -86,8 +163,32 @@ class Attention(nnx.Module):
         return self.proj(out_BNHK.reshape(B, N, D))
 
 
+@jax.custom_vjp
 def exact_gelu(x):
+    """x·Φ(x) (``jax.nn.gelu(approximate=False)``) whose backward keeps only its input.
+
+    Differentiated as written, the erfc and its derivative's exponential were kept from the forward
+    besides x: two more arrays of the MLP's hidden size per block. The derivative Φ(x) + x·φ(x) is
+    recomputed from x in the backward instead (elementwise, cheap next to the matmuls around it).
+    """
     return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+    return jax.nn.gelu(x, approximate=False), x
+
+
+def _gelu_bwd(x, g):
+    # the barrier (with g: not before the backward reaches here) keeps XLA from merging this erfc
+    # with the forward's, which would keep the forward's erfc intermediates alive until now
+    x, g = jax.lax.optimization_barrier((x, g))
+    x32 = x.astype(jnp.float32)
+    cdf = 0.5 * jax.lax.erfc(-x32 * np.float32(0.5 ** 0.5))
+    pdf = jnp.exp(-0.5 * x32 * x32) * np.float32((2 * np.pi) ** -0.5)
+    return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(g.dtype),)
+
+
+exact_gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 class Mlp(nnx.Module):
