@@ -1,7 +1,9 @@
 """ViT pieces shared by the models: pre-norm blocks, patching, fixed 2-D sin-cos positions.
 
 Shapes: B batch, N tokens, D width, F×T the log-mel (frequency × time), p the patch size.
-Parameters carry logical axis names (see ``avpretrain.sharding``).
+Parameters carry logical axis names (see ``avpretrain.sharding``). The blocks' GELU, softmax and
+LayerNorm define their own backward (``jax.custom_vjp``: reverse-mode only, as training needs) that
+keeps one array each for it, as torch's autograd does (README, Performance: Memory).
 """
 from __future__ import annotations
 
