@@ -64,6 +64,13 @@ def test_attention_implementation_choice():
         vit.attention_implementation("flash", jnp.float32, "cpu")
 
 
+def _with(module, params):
+    """``module`` with its parameters replaced by ``params`` (a pure dict, traced values)."""
+    graphdef, state = nnx.split(module)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
 def _vjp_pair(f, *args):
     """f(*args) and its vector-Jacobian product with a fixed random cotangent."""
     out, vjp = jax.vjp(f, *args)
@@ -94,8 +101,10 @@ def test_lean_backward_pieces_equal_autodiff_of_the_formulas(dtype, tol):
         m.bias[...] = 0.1 * jax.random.normal(jax.random.key(8), (16,))
     assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(jnp.shape, nnx.state(plain))
     x = x + 5  # a mean far from 0
+
     def norm_vjp(m):
-        return _vjp_pair(lambda x, scale, bias: _with(m, {"scale": scale, "bias": bias})(x), x, m.scale[...], m.bias[...])
+        return _vjp_pair(lambda x, scale, bias: _with(m, {"scale": scale, "bias": bias})(x),
+                         x, m.scale[...], m.bias[...])
 
     (y, (g, gs, gb)), (y0, (g0, gs0, gb0)) = norm_vjp(ours), norm_vjp(plain)
     assert y.dtype == g.dtype == dtype and gs.dtype == gb.dtype == jnp.float32
@@ -103,24 +112,14 @@ def test_lean_backward_pieces_equal_autodiff_of_the_formulas(dtype, tol):
         np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol, atol=tol * 10)
 
 
-def _with(module, params):
-    """``module`` with its parameters replaced by ``params`` (a pure dict, traced values)."""
-    graphdef, state = nnx.split(module)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
-
-
-def _written_out_block(p, x, heads):
-    """A pre-norm block's formula with jax.nn's GELU and softmax, differentiated by JAX as written."""
+def _written_out_block(block, p, x):
+    """A pre-norm block's formula (LayerNorm written out, ``_plain_attention``, jax.nn's GELU) from
+    the parameters ``p``, differentiated by JAX as written."""
     def norm(x, n):
         mean = x.mean(-1, keepdims=True)
         return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + vit.LN_EPS) * n["scale"] + n["bias"]
 
-    B, N, D = x.shape
-    qkv = (norm(x, p["norm1"]) @ p["attn"]["qkv"]["kernel"] + p["attn"]["qkv"]["bias"]).reshape(B, N, 3, heads, -1)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    a = (jax.nn.softmax(q @ k.swapaxes(-1, -2) / np.sqrt(D // heads), -1) @ v).transpose(0, 2, 1, 3).reshape(B, N, D)
-    x = x + a @ p["attn"]["proj"]["kernel"] + p["attn"]["proj"]["bias"]
+    x = x + _plain_attention(norm(x, p["norm1"]), _with(block.attn, p["attn"]))
     h = jax.nn.gelu(norm(x, p["norm2"]) @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"], approximate=False)
     return x + h @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
 
@@ -140,8 +139,8 @@ def test_blocks_keep_less_for_the_backward_than_the_formula_differentiated_as_wr
         return (x ** 2).sum()
 
     def written_out(params, x):
-        for p in params:
-            x = _written_out_block(p, x, 4)
+        for block, p in zip(stack, params):
+            x = _written_out_block(block, p, x)
         return (x ** 2).sum()
 
     temp, grads = {}, {}

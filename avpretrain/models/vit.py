@@ -65,8 +65,7 @@ def normalize(x, scale, bias, epsilon):
     written, XLA:CPU kept x, x − mean and a scaled copy of it from the forward, and a backward in
     terms of x had XLA compute its x-only terms for every layer early, in the forward.
     """
-    xhat, _ = _normalized(x, epsilon)
-    return (xhat * scale + bias).astype(x.dtype)
+    return _normalize_fwd(x, scale, bias, epsilon)[0]
 
 
 def _normalize_fwd(x, scale, bias, epsilon):
