@@ -32,9 +32,10 @@ DATASHEET_TFLOPS = {
 }
 
 
-def _cpu_info() -> tuple[set, str, float | None, str]:
-    """(flags, model name, max clock GHz, where the clock came from) from /proc/cpuinfo and sysfs."""
-    flags, model, mhz = set(), "unknown CPU", None
+def _cpu_info() -> tuple[set, str, int | None, float | None, str]:
+    """(flags, model name, cpu family, max clock GHz, where the clock came from) from /proc/cpuinfo
+    and sysfs."""
+    flags, model, family, mhz = set(), "unknown CPU", None, None
     try:
         text = open("/proc/cpuinfo").read()
     except OSError:
@@ -43,28 +44,32 @@ def _cpu_info() -> tuple[set, str, float | None, str]:
         flags = set(m.group(1).split())
     if m := re.search(r"^model name\s*:\s*(.*)$", text, re.M):
         model = m.group(1).strip()
+    if m := re.search(r"^cpu family\s*:\s*(\d+)", text, re.M):
+        family = int(m.group(1))
     try:  # the rated maximum, where the kernel exposes it
-        return flags, model, int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6, \
-            "cpufreq max"
+        return flags, model, family, \
+            int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6, "cpufreq max"
     except (OSError, ValueError):
         pass
     if m := re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M):
         mhz = float(m.group(1))
-    return flags, model, mhz and mhz / 1e3, "/proc/cpuinfo 'cpu MHz' (no cpufreq: the nominal clock)"
+    return flags, model, family, mhz and mhz / 1e3, "/proc/cpuinfo 'cpu MHz' (no cpufreq: the nominal clock)"
 
 
 def cpu_peak(dtype: str = "float32", cores: int | None = None) -> tuple[float | None, str]:
     """(TFLOP/s, derivation) for this CPU: cores × clock × FMA units × SIMD lanes × 2 FLOP per FMA.
 
-    Assumes 2 FMA pipes per core (every AVX2/AVX-512 x86 server core since Haswell / Zen 2; AVX-512
-    on Zen 4 is two 256-bit halves, counted as 8 lanes); bfloat16 counts AMX tiles (1024 FLOP/cycle
-    per core) or AVX512-BF16 dot products (2× float32 lanes) where the CPU has them, else the float32 rate.
+    Assumes 2 FMA pipes per core (every AVX2/AVX-512 x86 server core since Haswell / Zen 2). AVX-512
+    on Zen 4 (AMD family 25) is two 256-bit halves, counted as 8 lanes; Zen 5 (family 26) has 512-bit
+    FMA pipes, counted as 16 (its mobile parts halve that: pass ``--peak-tflops`` there). bfloat16
+    counts AMX tiles (1024 FLOP/cycle per core) or AVX512-BF16 dot products (2× float32 lanes) where
+    the CPU has them, else the float32 rate.
     """
-    flags, model, ghz, clock_src = _cpu_info()
+    flags, model, family, ghz, clock_src = _cpu_info()
     cores = cores or len(os.sched_getaffinity(0))
     if not ghz:
         return None, f"{model}: clock unknown, no peak"
-    zen4 = "avx512f" in flags and "AMD" in model
+    zen4 = "avx512f" in flags and "AMD" in model and (family is None or family < 26)
     if dtype == "bfloat16" and "amx_bf16" in flags:
         per_cycle, how = 1024, "AMX-BF16 (16x32 bf16 tile FMAs: 1024 FLOP/cycle)"
     else:
@@ -250,7 +255,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float = 0.0, d
         f"throughput         {r['examples_per_s']:.1f} examples/s, {r['audio_hours_per_s']:.4f} audio-hours/s"
         + (f", {r['tokens_per_s']:.0f} tokens/s ({r['tokens_per_example']} per example)" if r["tokens_per_s"] else ""),
         f"model FLOPs/step   {fmt(r['flops_per_step'], '.4g')} analytic; XLA cost analysis {fmt(xla_total, '.4g')} "
-        f"(all devices)",
+        f"(all devices{'; a scanned stack counted once, not per layer' if config.model.get('scan_layers') else ''})",
         f"achieved           {fmt(r['tflops'], '.3f')} TFLOP/s; MFU {fmt(r['mfu'], '.1%')} of the stated peak",
         f"peak               {how}",
         f"XLA memory/device  {fmt(r['xla_bytes_per_device'] and r['xla_bytes_per_device'] / 2**30, '.3f')} GiB "

@@ -113,6 +113,7 @@ _CHECKS = {
     "model.dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
     "model.attention": (lambda v: v in ("auto", "plain", "xla", "cudnn"), "auto, plain, xla or cudnn"),
     "model.remat": (lambda v: v in ("none", "dots", "full"), "none, dots or full"),
+    "model.scan_layers": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -27,6 +27,7 @@ from flax import nnx
 
 from avpretrain import audio, checkpoint, config as config_lib, method as method_lib, sharding
 from avpretrain import workdir as workdir_lib
+from avpretrain.models import vit
 
 HOP = 160  # log-mel hop in samples (audio.log_mel's default)
 # Log-mel frames of context on each side of a chunk's window: 2 hops cover the STFT's half window
@@ -89,11 +90,24 @@ def _copy_export(src: pathlib.Path, out: pathlib.Path, extra: dict) -> pathlib.P
     return out
 
 
+def per_block(config, params: dict):
+    """(config, params) of an encoder in the per-block layout: a ``model.scan_layers`` encoder's
+    stacked blocks unstacked and the flag cleared, so that exports have one layout whatever the
+    training run used (``vit.unstack_params``); anything else as it is."""
+    if not config.get("model") or not config.model.get("scan_layers"):
+        return config, params
+    paths = vit.stack_paths(_abstract_model(config, sharding.single_device_mesh()))
+    config = config_lib.from_json(config_lib.to_json(config))  # an unlocked copy
+    config.model.scan_layers = False
+    return config, vit.unstack_params(params, paths)
+
+
 def write_export(out, config, params, norm_stats, extra: dict | None = None) -> pathlib.Path:
     """Writes an export: ``out/params`` (Orbax, the encoder's pure-dict ``params``) and ``out/config.json``
     (``norm_stats`` null for a method whose front end has no statistics)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config, params = per_block(config, params)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save((out / "params").absolute(), params, force=True)
         ckptr.wait_until_finished()

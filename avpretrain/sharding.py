@@ -21,7 +21,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 # Logical names used by the models: batch (examples), embed (model width), mlp (hidden of the MLP),
-# qkv (attention projections), length (tokens), norm (LayerNorm scale/bias).
+# qkv (attention projections), length (tokens), norm (LayerNorm scale/bias), layers (the stacked
+# blocks of ``model.scan_layers``: never split, each device holds every layer of its shard).
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -29,6 +30,7 @@ DEFAULT_RULES = (
     ("qkv", "tensor"),
     ("length", None),
     ("norm", None),
+    ("layers", None),
 )
 DEFAULT_MESH = (("data", -1), ("fsdp", 1), ("tensor", 1))
 

@@ -104,6 +104,15 @@ def scale_by_lr(scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def _decayed(params):
+    """Weight decay on the matrices (a block's own ndim > 1: a ``vit.Stack``'s leading layers axis not
+    counted), not on biases, norms or other 1-D params."""
+    def matrix(path, p):
+        stacked = any(getattr(k, "key", getattr(k, "name", None)) == "layers" for k in path)
+        return p.ndim - stacked > 1
+    return jax.tree_util.tree_map_with_path(matrix, params)
+
+
 def make_optimizer(config, model):
     """Clip + AdamW (no decay on 1-D params) over the model's trainable params; the learning rate
     is each update's ``lr=`` (``StepInputs``).
@@ -125,8 +134,7 @@ def make_optimizer(config, model):
 
     def adamw(scale):  # optax.adamw's chain, its learning rate given at each update
         return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2),
-                           optax.add_decayed_weights(o.weight_decay,
-                                                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
+                           optax.add_decayed_weights(o.weight_decay, mask=_decayed),
                            scale_by_lr(scale))
 
     if any(m not in (0, 1) for m in mult.values()):

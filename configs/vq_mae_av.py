@@ -66,6 +66,7 @@ def get_config(arg=None):
     c.model.dtype = "float32"      # compute dtype; "bfloat16" on TPU/GPU (params and optimizer stay float32)
     c.model.attention = "auto"
     c.model.remat = "none"
+    c.model.scan_layers = False    # true: blocks stacked and scanned (configs/m2d.py says what it costs)
 
     c.optim.base_lr = 1e-3         # per 256: lr = 1e-3 · batch / 256
     c.optim.b1, c.optim.b2 = 0.9, 0.95

@@ -192,14 +192,19 @@ def test_bfloat16_compute_keeps_float32_params_and_a_close_loss():
 
 
 def test_cpu_peak_is_derived_from_cores_clock_and_simd(monkeypatch):
-    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx2", "fma"}, "AMD EPYC", 2.45, "test"))
+    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx2", "fma"}, "AMD EPYC", 23, 2.45, "test"))
     tflops, how = bench.cpu_peak("float32", cores=2)
     assert tflops == pytest.approx(2 * 2.45e9 * 32 / 1e12)
     assert "2 cores x 2.45 GHz" in how and "8 fp32 lanes" in how and "156.8 GFLOP/s" in how
-    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx512f", "fma", "amx_bf16"}, "Intel Xeon", 2.0, "test"))
+    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx512f", "fma", "amx_bf16"}, "Intel Xeon", 6, 2.0, "test"))
     assert bench.cpu_peak("float32", cores=1)[0] == pytest.approx(2.0e9 * 64 / 1e12)
     assert bench.cpu_peak("bfloat16", cores=1)[0] == pytest.approx(2.0e9 * 1024 / 1e12)
-    monkeypatch.setattr(bench, "_cpu_info", lambda: (set(), "mystery", None, "test"))
+    # AVX-512 on AMD: Zen 4 (family 25) runs it as two 256-bit halves, Zen 5 (family 26) at full width
+    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx512f", "fma"}, "AMD EPYC", 25, 2.0, "test"))
+    assert bench.cpu_peak("float32", cores=1)[0] == pytest.approx(2.0e9 * 32 / 1e12)
+    monkeypatch.setattr(bench, "_cpu_info", lambda: ({"avx512f", "fma"}, "AMD EPYC", 26, 2.0, "test"))
+    assert bench.cpu_peak("float32", cores=1)[0] == pytest.approx(2.0e9 * 64 / 1e12)
+    monkeypatch.setattr(bench, "_cpu_info", lambda: (set(), "mystery", None, None, "test"))
     assert bench.cpu_peak("float32")[0] is None
 
 

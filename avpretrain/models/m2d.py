@@ -72,19 +72,20 @@ class M2D(nnx.Module):
     def __init__(self, *, input_frames: int, n_mels: int = 80, patch: int = 16, width: int, depth: int,
                  num_heads: int, mlp_ratio: float = 4.0, pred_width: int, pred_depth: int, pred_heads: int,
                  mask_ratio: float = 0.7, dtype=jnp.float32, attention: str = "auto", remat: str = "none",
-                 encoder_only: bool = False, rngs: nnx.Rngs):
+                 scan_layers: bool = False, encoder_only: bool = False, rngs: nnx.Rngs):
         """``encoder_only`` builds just the online encoder (exported models: no target, no predictor).
 
         ``dtype`` is the compute dtype (params and optimizer state stay float32); ``attention`` picks
         ``jax.nn.dot_product_attention``'s implementation (``vit.attention_implementation``);
         ``remat`` ("none", "dots", "full": ``vit.REMAT``) is what the backward pass of the trained
-        blocks recomputes instead of keeping.
+        blocks recomputes instead of keeping; ``scan_layers`` stacks each block stack's parameters and
+        runs it as a scan (``vit.blocks``).
         """
         if n_mels % patch or input_frames % patch:
             raise ValueError(f"n_mels={n_mels} and input_frames={input_frames} must be multiples of patch={patch}")
         self.patch, self.n_mels, self.input_frames = patch, n_mels, input_frames
         self.grid = (n_mels // patch, input_frames // patch)
-        self.mask_ratio, self.remat = mask_ratio, remat
+        self.mask_ratio, self.remat, self.scan_layers = mask_ratio, remat, scan_layers
         self.dims = dict(width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          pred_width=pred_width, pred_depth=pred_depth, pred_heads=pred_heads)
         normal = nnx.initializers.normal(0.02)
@@ -92,13 +93,13 @@ class M2D(nnx.Module):
         self.patch_embed = vit.dense(patch * patch, width, (None, "embed"), rngs, dtype)
         self.cls_token = nnx.Param(normal(rngs.params(), (1, 1, width)), out_sharding=(None, None, "embed"))
         self.pos_embed = vit.Buffer(jnp.asarray(vit.sincos_pos_embed(width, *self.grid))[None])
-        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
+        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention, scan_layers)
         self.norm = vit.layer_norm(width, rngs, dtype)
         self.encoder_only = encoder_only
         if encoder_only:
             return
         # Target encoder: its own blocks + norm, starting as a copy of the online ones.
-        self.target_blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
+        self.target_blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention, scan_layers)
         self.target_norm = vit.layer_norm(width, rngs, dtype)
         nnx.update(self.target_blocks, nnx.state(self.blocks, nnx.Param))
         nnx.update(self.target_norm, nnx.state(self.norm, nnx.Param))
@@ -106,7 +107,8 @@ class M2D(nnx.Module):
         self.decoder_embed = vit.dense(width, pred_width, ("embed", None), rngs, dtype)
         self.mask_token = nnx.Param(normal(rngs.params(), (1, 1, pred_width)), out_sharding=(None, None, None))
         self.decoder_pos_embed = vit.Buffer(jnp.asarray(vit.sincos_pos_embed(pred_width, *self.grid))[None])
-        self.decoder_blocks = vit.blocks(pred_depth, pred_width, pred_heads, mlp_ratio, rngs, dtype, attention)
+        self.decoder_blocks = vit.blocks(pred_depth, pred_width, pred_heads, mlp_ratio, rngs, dtype, attention,
+                                         scan_layers)
         self.decoder_norm = vit.layer_norm(pred_width, rngs, dtype)
         self.decoder_pred = vit.dense(pred_width, width, (None, "embed"), rngs, dtype)
 
@@ -212,7 +214,8 @@ def kwargs_from_config(model_config, encoder_only: bool = False) -> dict:
     return dict(input_frames=m.input_frames, n_mels=m.get("n_mels", 80), patch=m.get("patch", 16),
                 mlp_ratio=m.get("mlp_ratio", 4.0), mask_ratio=m.mask_ratio,
                 dtype=jnp.dtype(m.get("dtype", "float32")), attention=m.get("attention", "auto"),
-                remat=str(m.get("remat", "none")), encoder_only=encoder_only, **dims)
+                remat=str(m.get("remat", "none")), scan_layers=bool(m.get("scan_layers", False)),
+                encoder_only=encoder_only, **dims)
 
 
 def from_config(model_config, rngs: nnx.Rngs, encoder_only: bool = False) -> M2D:

@@ -83,7 +83,7 @@ class M2D2(M2D):
         self.semantic_token = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, 1, width)),
                                         out_sharding=(None, None, "embed"))
         self.semantic_blocks = vit.blocks(head_depth, width, d["num_heads"], d["mlp_ratio"], rngs, dtype,
-                                          m2d_kwargs.get("attention", "auto"))
+                                          m2d_kwargs.get("attention", "auto"), self.scan_layers)
         self.semantic_norm = vit.layer_norm(width, rngs, dtype)
         self.text_mlp = vit.Mlp(text_dim, text_hidden or 2 * width, rngs, dtype, out_dim=width)
         self.logit_scale = _logit_scale()

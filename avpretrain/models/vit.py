@@ -218,8 +218,55 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def blocks(depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32, attention="auto"):
+class Stack(nnx.Module):
+    """``depth`` Blocks whose parameters are stacked on a leading ``layers`` axis (logical axis
+    "layers", never sharded), run as one ``jax.lax.scan``: the block is traced, compiled and loaded
+    once instead of ``depth`` times (MaxText's ``scan_layers``). ``model.scan_layers``; see
+    ``blocks``. Its parameters sit at ``<stack>/layers/<block's path>``; ``unstack_params`` gives the
+    per-block layout (``<stack>/<i>/<block's path>``) that exports keep."""
+
+    def __init__(self, depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32, attention="auto"):
+        self.depth = depth
+
+        @nnx.split_rngs(splits=depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make(rngs):
+            return Block(dim, num_heads, mlp_ratio, rngs, dtype, attention)
+
+        self.layers = make(rngs)
+
+    def __len__(self):
+        return self.depth
+
+
+def blocks(depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32, attention="auto", scan: bool = False):
+    """``depth`` pre-norm blocks: a list of ``Block`` (one parameter set each), or with ``scan`` a
+    ``Stack`` (parameters stacked, the blocks run as a scan). Both compute the same function of the
+    same parameters; the stack is traced and compiled once, so start-up and compile time stop growing
+    with depth, but on XLA:CPU its step is slower (README, Performance: scan_layers)."""
+    if scan and depth > 0:
+        return Stack(depth, dim, num_heads, mlp_ratio, rngs, dtype, attention)
     return nnx.List([Block(dim, num_heads, mlp_ratio, rngs, dtype, attention) for _ in range(depth)])
+
+
+def stack_paths(model) -> list[tuple]:
+    """The paths (tuples of attribute names) of the ``Stack``s in ``model``."""
+    return [tuple(str(k) for k in path) for path, node in nnx.iter_graph(model) if isinstance(node, Stack)]
+
+
+def unstack_params(params: dict, paths) -> dict:
+    """A pure-dict state with each ``Stack`` at ``paths`` (``stack_paths``) in the per-block layout:
+    ``{"layers": {name: [depth, ...]}}`` → ``{0: {name: [...]}, 1: ...}``, as ``blocks(scan=False)``."""
+    out = dict(params)
+    for path in paths:
+        node = out
+        for key in path[:-1]:
+            node[key] = dict(node[key])
+            node = node[key]
+        stacked = node[path[-1]]["layers"]
+        depth = len(jax.tree.leaves(stacked)[0])
+        node[path[-1]] = {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
+    return out
 
 
 def _block_pure(graphdef, state, x, valid_BN):
@@ -252,6 +299,9 @@ def block_outputs(blocks_, x, valid_BN=None, *, remat: str = "none"):
     """
     if remat not in REMAT:
         raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT)}")
+    if isinstance(blocks_, Stack):
+        _, ys = _scan(blocks_, x, valid_BN, remat, keep=True)
+        return [ys[i] for i in range(blocks_.depth)]
     call, outs = REMAT[remat], []
     for block in blocks_:
         graphdef, state = nnx.split(block)
@@ -262,8 +312,38 @@ def block_outputs(blocks_, x, valid_BN=None, *, remat: str = "none"):
 
 def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
     """x through the stack (``block_outputs``' last; x itself for an empty stack)."""
+    if isinstance(blocks_, Stack):
+        if remat not in REMAT:
+            raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT)}")
+        return _scan(blocks_, x, valid_BN, remat, keep=False)[0]
     outs = block_outputs(blocks_, x, valid_BN, remat=remat)
     return outs[-1] if outs else x
+
+
+def _scan(stack: Stack, x, valid_BN, remat: str, keep: bool):
+    """(the stack's output, every block's output stacked [depth, ...] if ``keep`` else None)."""
+    graphdef, state = nnx.split(stack.layers)
+
+    def body(x, params):
+        y = _block_pure(graphdef, params, x, valid_BN)
+        return y, (y if keep else None)
+
+    if _REMAT_POLICIES[remat] is not None:
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat])
+    return jax.lax.scan(body, x, state)
+
+
+def stack_params(params: dict, paths) -> dict:
+    """``unstack_params``' inverse: the per-block layout at ``paths`` → ``{"layers": stacked}``."""
+    out = dict(params)
+    for path in paths:
+        node = out
+        for key in path[:-1]:
+            node[key] = dict(node[key])
+            node = node[key]
+        per_block = node[path[-1]]
+        node[path[-1]] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *(per_block[i] for i in sorted(per_block)))}
+    return out
 
 
 def patchify(x_B1FT, patch: int):

@@ -221,8 +221,8 @@ class VQMAEAV(nnx.Module):
                  num_heads: int = 4, mlp_ratio: float = 2.0, dec_width: int = 320, dec_depth: int = 3,
                  dec_heads: int = 4, mask_mode: str = "fixed", mask_ratio_video: float = 0.8,
                  mask_ratio_audio: float = 0.8, contrastive_weight: float = 1.0, temperature: float = 0.5,
-                 dtype=jnp.float32, attention: str = "auto", remat: str = "none", encoder_only: bool = False,
-                 rngs: nnx.Rngs):
+                 dtype=jnp.float32, attention: str = "auto", remat: str = "none", scan_layers: bool = False,
+                 encoder_only: bool = False, rngs: nnx.Rngs):
         modalities = tuple(modalities)
         if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
             raise ValueError(f"model.modalities={modalities!r}: a non-empty subset of {MODALITIES}")
@@ -259,7 +259,7 @@ class VQMAEAV(nnx.Module):
                                                 out_sharding=(None, None, "embed")))
         self.modality_embed = nnx.Param(normal(rngs.params(), (len(self.modalities), width)),
                                         out_sharding=(None, "embed"))
-        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention)
+        self.blocks = vit.blocks(depth, width, num_heads, mlp_ratio, rngs, dtype, attention, scan_layers)
         self.norm = vit.layer_norm(width, rngs, dtype)
         if self.contrastive:  # trained only by the contrastive loss: absent without it
             self.pool_video = AttentionPool(width, num_heads, rngs, dtype)
@@ -280,7 +280,8 @@ class VQMAEAV(nnx.Module):
             setattr(self, f"{m}_head_bias", nnx.Param(jnp.zeros((P * K,)), out_sharding=(None,)))
         self.decoder_modality = nnx.Param(normal(rngs.params(), (len(self.modalities), dec_width)),
                                           out_sharding=(None, None))
-        self.decoder_blocks = vit.blocks(dec_depth, dec_width, dec_heads, mlp_ratio, rngs, dtype, attention)
+        self.decoder_blocks = vit.blocks(dec_depth, dec_width, dec_heads, mlp_ratio, rngs, dtype, attention,
+                                         scan_layers)
         self.decoder_norm = vit.layer_norm(dec_width, rngs, dtype)
 
     # -- pieces -----------------------------------------------------------------------------------
@@ -471,7 +472,8 @@ def kwargs_from_config(m, encoder_only: bool = False) -> dict:
                 mask_mode=m.get("mask_mode", "fixed"), mask_ratio_video=m.mask_ratio_video,
                 mask_ratio_audio=m.mask_ratio_audio, contrastive_weight=m.contrastive_weight,
                 temperature=m.temperature, dtype=jnp.dtype(m.get("dtype", "float32")),
-                attention=m.get("attention", "auto"), remat=str(m.get("remat", "none")), encoder_only=encoder_only)
+                attention=m.get("attention", "auto"), remat=str(m.get("remat", "none")),
+                scan_layers=bool(m.get("scan_layers", False)), encoder_only=encoder_only)
 
 
 def create(config, rngs: nnx.Rngs, encoder_only: bool = False) -> VQMAEAV:
