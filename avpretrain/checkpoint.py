@@ -434,14 +434,21 @@ def _partial_restore(handler_dir, item_name, like: dict, step):
     args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=True)
     if item_name is None:
-        return ocp.PyTreeCheckpointer().restore(epath.Path(handler_dir).absolute(), args=args)
-    mngr = ocp.CheckpointManager(epath.Path(handler_dir).absolute(),
-                                 item_handlers={item_name: ocp.PyTreeCheckpointHandler()})
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {handler_dir}")
-    restored = mngr.restore(step, args=ocp.args.Composite(**{item_name: args}))[item_name]
-    mngr.close()
+        restored = ocp.PyTreeCheckpointer().restore(epath.Path(handler_dir).absolute(), args=args)
+    else:
+        mngr = ocp.CheckpointManager(epath.Path(handler_dir).absolute(),
+                                     item_handlers={item_name: ocp.PyTreeCheckpointHandler()})
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {handler_dir}")
+        restored = mngr.restore(step, args=ocp.args.Composite(**{item_name: args}))[item_name]
+        mngr.close()
+    # a partial restore hands back what it did not find as it was asked for (shapes, no values)
+    unread = ["/".join(str(getattr(k, "key", k)) for k in path)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(restored) if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if unread:
+        raise ValueError(f"{handler_dir} does not hold {len(unread)} of the arrays asked for, e.g. "
+                         f"{', '.join(unread[:3])}")
     return restored
 
 

@@ -200,6 +200,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str] | di
         for p in parents:
             node = node[p]
         current = node[leaf]
+        if isinstance(current, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"  # JSON/YAML spelling too, not only Python's True/False
         if isinstance(value, str) and not isinstance(current, str):
             value = _parse_value(value)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from avpretrain import frontend, method as method_lib, metrics as metrics_lib, sharding
+from avpretrain.models import vit
 
 
 class TrainState(nnx.Module):
@@ -230,6 +231,28 @@ def make_train_step(config, mesh, graphdef, state):
     return jitted, state_sharding, batch_sharding
 
 
+def _restore_either_layout(path, like: dict) -> dict:
+    """``like``'s params from ``path``; a ``model.scan_layers`` model's stacks also from a source in
+    the per-block layout (every export, a workdir trained without it), stacked after reading."""
+    from avpretrain import checkpoint
+
+    try:
+        return checkpoint.restore_params_from(path, like)
+    except ValueError:
+        paths = vit.stacks_in(like)
+        if not paths:
+            raise
+
+    def layer(x, i):  # layer i of a stacked leaf, as the shape and sharding to read it onto
+        spec = x.sharding.spec
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=jax.sharding.NamedSharding(
+            x.sharding.mesh, jax.sharding.PartitionSpec(*spec[1:])))
+
+    per_block = checkpoint.restore_params_from(path, vit.unstack_params(like, paths, take=layer))
+    return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                        vit.stack_params(per_block, paths), like)
+
+
 def initialize_from(config, state) -> None:
     """Loads each of the method's init sources (``Method.init_sources``) into ``state``."""
     model = nnx.to_pure_dict(state)["model"]
@@ -244,9 +267,7 @@ def initialize_from(config, state) -> None:
             where = "this model" if not src.into else f"model.{'.'.join(src.into)}"
             raise KeyError(f"config.init.params: {missing} are not attributes of {where}; it has {sorted(node)}")
         try:
-            from avpretrain import checkpoint
-
-            restored = checkpoint.restore_params_from(src.path, {n: node[n] for n in src.params})
+            restored = _restore_either_layout(src.path, {n: node[n] for n in src.params})
         except ValueError as e:
             raise ValueError(f"init source {src.path}: cannot restore {src.params} into this model "
                              f"(do the architectures match?): {e}") from e

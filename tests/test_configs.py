@@ -42,3 +42,14 @@ def test_demo_is_the_small_data_recipe():
     recipe = config_lib.load_config(f"{M2D}:size=tiny,small_data")
     assert {**demo.to_dict(), "config_spec": ""} == {**recipe.to_dict(), "config_spec": ""}
     assert config_lib.load_config(str(REPO / "configs/demo.py:steps=1500")).total_steps == 1500
+
+
+@pytest.mark.parametrize("raw, value", [("true", True), ("True", True), ("false", False), ("False", False)])
+def test_a_bool_key_takes_json_and_python_spellings(raw, value):
+    c = config_lib.load_config(f"{M2D}:size=tiny,runlocal", [f"model.scan_layers={raw}"])
+    assert c.model.scan_layers is value
+
+
+def test_a_bool_key_refuses_other_words():
+    with pytest.raises(TypeError, match="config key 'model.scan_layers': cannot set 'yes' on a bool field"):
+        config_lib.load_config(f"{M2D}:size=tiny,runlocal", ["model.scan_layers=yes"])

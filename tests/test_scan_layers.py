@@ -123,3 +123,50 @@ def test_a_scanned_run_trains_resumes_and_exports_per_block(tmp_path, data_dir):
     nnx.update(scanned, state)
     lms = jax.random.normal(jax.random.key(0), (2, 1, 80, config.model.input_frames))
     np.testing.assert_allclose(encoder.model.encode(lms), scanned.encode(lms), rtol=1e-5, atol=1e-5)
+
+
+def test_vq_mae_av_scanned_equals_its_block_list():
+    """VQ-MAE-AV's encoder (attention-masked: ``dirichlet`` masking) and decoder stacks."""
+    from avpretrain import config as config_lib, method as method_lib
+    from avpretrain.models import vq_mae_av
+
+    config = config_lib.load_config("configs/vq_mae_av.py:runlocal", {"model.mask_mode": "dirichlet"})
+    kwargs = vq_mae_av.kwargs_from_config(config.model)
+    with sharding.mesh_rules(sharding.single_device_mesh()):
+        listed = vq_mae_av.VQMAEAV(rngs=nnx.Rngs(0), **kwargs)
+        scanned = vq_mae_av.VQMAEAV(rngs=nnx.Rngs(1), **{**kwargs, "scan_layers": True})
+    paths = vit.stack_paths(scanned)
+    assert sorted(paths) == [("blocks",), ("decoder_blocks",)]
+    state = nnx.state(scanned)
+    nnx.replace_by_pure_dict(state, vit.stack_params(nnx.to_pure_dict(nnx.state(listed)), paths))
+    nnx.update(scanned, state)
+    batch = method_lib.of(config).synthetic_batch(config, 4, np.random.default_rng(0))
+    batch = jax.tree.map(jnp.asarray, batch)
+
+    @nnx.jit
+    def loss_and_grads(model):
+        return nnx.value_and_grad(lambda m: m.loss(batch, jax.random.key(5))[0])(model)
+
+    (loss_l, grads_l), (loss_s, grads_s) = loss_and_grads(listed), loss_and_grads(scanned)
+    np.testing.assert_allclose(float(loss_s), float(loss_l), rtol=1e-5)
+    grads_s = vit.unstack_params(nnx.to_pure_dict(grads_s), paths)
+    for a, b in zip(jax.tree.leaves(grads_s), jax.tree.leaves(nnx.to_pure_dict(grads_l))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_scanned_model_initialises_from_a_per_block_export(tmp_path, data_dir):
+    """``config.init`` from an export (always per block) into a scanned model: read per block, stacked."""
+    from helpers import random_m2d_export
+
+    source = random_m2d_export(tmp_path / "export", data_dir)
+    config = tiny_config(data_dir, **{"model.scan_layers": True, "init.path": str(source)})
+    mesh = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
+    state = step_lib.plan_train_state(config, mesh).initialize()
+    before = np.asarray(nnx.to_pure_dict(state)["model"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"])
+    step_lib.initialize_from(config, state)
+    stacked = nnx.to_pure_dict(state)["model"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert tuple(stacked.sharding.spec) == (None, "fsdp", "tensor")
+    per_block = ocp.StandardCheckpointer().restore((source / "params").absolute())["blocks"]
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(stacked[i]), np.asarray(per_block[str(i)]["mlp"]["fc1"]["kernel"]))
+    assert not np.array_equal(before, np.asarray(stacked))

@@ -3,7 +3,9 @@
 Shapes: B batch, N tokens, D width, F×T the log-mel (frequency × time), p the patch size.
 Parameters carry logical axis names (see ``avpretrain.sharding``). The blocks' GELU, softmax and
 LayerNorm define their own backward (``jax.custom_vjp``: reverse-mode only, as training needs) that
-keeps one array each for it, as torch's autograd does (README, Performance: Memory).
+keeps one array each for it, as torch's autograd does (README, Performance: Memory). A stack of
+blocks is a list of ``Block`` or, with ``scan``, a ``Stack`` (parameters stacked under the reserved
+attribute name ``layers``, run as a scan; README, Performance: scan_layers).
 """
 from __future__ import annotations
 
@@ -254,19 +256,43 @@ def stack_paths(model) -> list[tuple]:
     return [tuple(str(k) for k in path) for path, node in nnx.iter_graph(model) if isinstance(node, Stack)]
 
 
-def unstack_params(params: dict, paths) -> dict:
-    """A pure-dict state with each ``Stack`` at ``paths`` (``stack_paths``) in the per-block layout:
-    ``{"layers": {name: [depth, ...]}}`` → ``{0: {name: [...]}, 1: ...}``, as ``blocks(scan=False)``."""
+def _restack(params: dict, paths, convert) -> dict:
+    """``params`` (a pure dict, not changed) with the node at each of ``paths`` replaced by
+    ``convert(node)``, the dicts on the way copied."""
     out = dict(params)
     for path in paths:
         node = out
         for key in path[:-1]:
             node[key] = dict(node[key])
             node = node[key]
-        stacked = node[path[-1]]["layers"]
-        depth = len(jax.tree.leaves(stacked)[0])
-        node[path[-1]] = {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
+        node[path[-1]] = convert(node[path[-1]])
     return out
+
+
+def unstack_params(params: dict, paths, take=lambda x, i: x[i]) -> dict:
+    """A pure-dict state with each ``Stack`` at ``paths`` (``stack_paths``) in the per-block layout:
+    ``{"layers": {name: [depth, ...]}}`` → ``{0: {name: [...]}, 1: ...}``, as ``blocks(scan=False)``;
+    ``take(leaf, i)`` is layer i of a stacked leaf."""
+    def unstack(node):
+        stacked = node["layers"]
+        depth = jax.tree.leaves(stacked)[0].shape[0]
+        return {i: jax.tree.map(lambda x, i=i: take(x, i), stacked) for i in range(depth)}
+    return _restack(params, paths, unstack)
+
+
+def stacks_in(params: dict, prefix=()) -> list[tuple]:
+    """The paths of the stacked block stacks in a pure-dict state (``{"layers": ...}`` nodes)."""
+    if not isinstance(params, dict):
+        return []
+    if set(params) == {"layers"}:
+        return [prefix]
+    return [p for k, v in params.items() for p in stacks_in(v, (*prefix, k))]
+
+
+def stack_params(params: dict, paths) -> dict:
+    """``unstack_params``' inverse: the per-block layout at ``paths`` → ``{"layers": stacked}``."""
+    return _restack(params, paths, lambda node: {
+        "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *(node[i] for i in sorted(node)))})
 
 
 def _block_pure(graphdef, state, x, valid_BN):
@@ -331,19 +357,6 @@ def _scan(stack: Stack, x, valid_BN, remat: str, keep: bool):
     if _REMAT_POLICIES[remat] is not None:
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat])
     return jax.lax.scan(body, x, state)
-
-
-def stack_params(params: dict, paths) -> dict:
-    """``unstack_params``' inverse: the per-block layout at ``paths`` → ``{"layers": stacked}``."""
-    out = dict(params)
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            node[key] = dict(node[key])
-            node = node[key]
-        per_block = node[path[-1]]
-        node[path[-1]] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *(per_block[i] for i in sorted(per_block)))}
-    return out
 
 
 def patchify(x_B1FT, patch: int):
