@@ -96,10 +96,9 @@ def per_block(config, params: dict):
     training run used (``vit.unstack_params``); anything else as it is."""
     if not config.get("model") or not config.model.get("scan_layers"):
         return config, params
-    paths = vit.stack_paths(_abstract_model(config, sharding.single_device_mesh()))
     config = config_lib.from_json(config_lib.to_json(config))  # an unlocked copy
     config.model.scan_layers = False
-    return config, vit.unstack_params(params, paths)
+    return config, vit.unstack_params(params, vit.stacks_in(params))
 
 
 def write_export(out, config, params, norm_stats, extra: dict | None = None) -> pathlib.Path:

@@ -19,7 +19,7 @@ def _pair(**extra):
     with sharding.mesh_rules(sharding.single_device_mesh()):
         listed = m2d.M2D(rngs=nnx.Rngs(0), **DIMS, **extra)
         scanned = m2d.M2D(rngs=nnx.Rngs(1), scan_layers=True, **DIMS, **extra)
-    paths = vit.stack_paths(scanned)
+    paths = vit.stacks_in(nnx.to_pure_dict(nnx.state(scanned)))
     assert sorted(paths) == [("blocks",), ("decoder_blocks",), ("target_blocks",)]
     state = nnx.state(scanned)
     nnx.replace_by_pure_dict(state, vit.stack_params(nnx.to_pure_dict(nnx.state(listed)), paths))
@@ -43,8 +43,7 @@ def test_a_scanned_stack_computes_what_the_block_list_computes(remat):
     loss_s, grads_s = _loss_and_grads(scanned, lms)
     assert np.isfinite(float(loss_l))
     np.testing.assert_allclose(float(loss_s), float(loss_l), rtol=1e-6)
-    trained_stacks = [p for p in vit.stack_paths(scanned) if p != ("target_blocks",)]
-    grads_s = vit.unstack_params(grads_s, trained_stacks)
+    grads_s = vit.unstack_params(grads_s, vit.stacks_in(grads_s))
     assert jax.tree.structure(grads_s) == jax.tree.structure(grads_l)
     assert float(jnp.abs(grads_l["blocks"][2]["mlp"]["fc1"]["kernel"]).max()) > 0
     for a, b in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_l)):
@@ -90,7 +89,7 @@ def test_weight_decay_skips_the_stacked_biases_and_norms():
     assert mask_s["blocks"]["layers"]["attn"]["qkv"]["kernel"] is True
     assert mask_s["blocks"]["layers"]["attn"]["qkv"]["bias"] is False
     assert mask_s["blocks"]["layers"]["norm1"]["scale"] is False
-    for (name,) in vit.stack_paths(scanned):
+    for (name,) in vit.stacks_in(nnx.to_pure_dict(nnx.state(scanned))):
         assert mask_s.pop(name)["layers"] == mask_l.pop(name)[0]
     assert mask_s == mask_l and mask_s["decoder_embed"]["kernel"] is True
 
@@ -135,7 +134,7 @@ def test_vq_mae_av_scanned_equals_its_block_list():
     with sharding.mesh_rules(sharding.single_device_mesh()):
         listed = vq_mae_av.VQMAEAV(rngs=nnx.Rngs(0), **kwargs)
         scanned = vq_mae_av.VQMAEAV(rngs=nnx.Rngs(1), **{**kwargs, "scan_layers": True})
-    paths = vit.stack_paths(scanned)
+    paths = vit.stacks_in(nnx.to_pure_dict(nnx.state(scanned)))
     assert sorted(paths) == [("blocks",), ("decoder_blocks",)]
     state = nnx.state(scanned)
     nnx.replace_by_pure_dict(state, vit.stack_params(nnx.to_pure_dict(nnx.state(listed)), paths))

@@ -251,9 +251,14 @@ def blocks(depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32, attention=
     return nnx.List([Block(dim, num_heads, mlp_ratio, rngs, dtype, attention) for _ in range(depth)])
 
 
-def stack_paths(model) -> list[tuple]:
-    """The paths (tuples of attribute names) of the ``Stack``s in ``model``."""
-    return [tuple(str(k) for k in path) for path, node in nnx.iter_graph(model) if isinstance(node, Stack)]
+def stacks_in(params: dict, prefix=()) -> list[tuple]:
+    """The paths of the ``Stack``s in a pure-dict state (of a model, its gradients, a checkpoint):
+    its ``{"layers": ...}`` nodes (``layers`` is a Stack's attribute, a name no other module uses)."""
+    if not isinstance(params, dict):
+        return []
+    if set(params) == {"layers"}:
+        return [prefix]
+    return [p for k, v in params.items() for p in stacks_in(v, (*prefix, k))]
 
 
 def _restack(params: dict, paths, convert) -> dict:
@@ -270,7 +275,7 @@ def _restack(params: dict, paths, convert) -> dict:
 
 
 def unstack_params(params: dict, paths, take=lambda x, i: x[i]) -> dict:
-    """A pure-dict state with each ``Stack`` at ``paths`` (``stack_paths``) in the per-block layout:
+    """A pure-dict state with each ``Stack`` at ``paths`` (``stacks_in``) in the per-block layout:
     ``{"layers": {name: [depth, ...]}}`` → ``{0: {name: [...]}, 1: ...}``, as ``blocks(scan=False)``;
     ``take(leaf, i)`` is layer i of a stacked leaf."""
     def unstack(node):
@@ -278,15 +283,6 @@ def unstack_params(params: dict, paths, take=lambda x, i: x[i]) -> dict:
         depth = jax.tree.leaves(stacked)[0].shape[0]
         return {i: jax.tree.map(lambda x, i=i: take(x, i), stacked) for i in range(depth)}
     return _restack(params, paths, unstack)
-
-
-def stacks_in(params: dict, prefix=()) -> list[tuple]:
-    """The paths of the stacked block stacks in a pure-dict state (``{"layers": ...}`` nodes)."""
-    if not isinstance(params, dict):
-        return []
-    if set(params) == {"layers"}:
-        return [prefix]
-    return [p for k, v in params.items() for p in stacks_in(v, (*prefix, k))]
 
 
 def stack_params(params: dict, paths) -> dict:
@@ -339,8 +335,6 @@ def block_outputs(blocks_, x, valid_BN=None, *, remat: str = "none"):
 def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
     """x through the stack (``block_outputs``' last; x itself for an empty stack)."""
     if isinstance(blocks_, Stack):
-        if remat not in REMAT:
-            raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT)}")
         return _scan(blocks_, x, valid_BN, remat, keep=False)[0]
     outs = block_outputs(blocks_, x, valid_BN, remat=remat)
     return outs[-1] if outs else x
@@ -348,6 +342,8 @@ def apply_blocks(blocks_, x, valid_BN=None, *, remat: str = "none"):
 
 def _scan(stack: Stack, x, valid_BN, remat: str, keep: bool):
     """(the stack's output, every block's output stacked [depth, ...] if ``keep`` else None)."""
+    if remat not in REMAT:
+        raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT)}")
     graphdef, state = nnx.split(stack.layers)
 
     def body(x, params):
