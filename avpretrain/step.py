@@ -108,10 +108,7 @@ def scale_by_lr(scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
 def _decayed(params):
     """Weight decay on the matrices (a block's own ndim > 1: a ``vit.Stack``'s leading layers axis not
     counted), not on biases, norms or other 1-D params."""
-    def matrix(path, p):
-        stacked = any(getattr(k, "key", getattr(k, "name", None)) == "layers" for k in path)
-        return p.ndim - stacked > 1
-    return jax.tree_util.tree_map_with_path(matrix, params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim - vit.in_stack(path) > 1, params)
 
 
 def make_optimizer(config, model):

@@ -251,6 +251,11 @@ def blocks(depth, dim, num_heads, mlp_ratio, rngs, dtype=jnp.float32, attention=
     return nnx.List([Block(dim, num_heads, mlp_ratio, rngs, dtype, attention) for _ in range(depth)])
 
 
+def in_stack(key_path) -> bool:
+    """Whether a JAX key path (``tree_map_with_path``) leads into a ``Stack``'s stacked params."""
+    return any(getattr(k, "key", getattr(k, "name", None)) == "layers" for k in key_path)
+
+
 def stacks_in(params: dict, prefix=()) -> list[tuple]:
     """The paths of the ``Stack``s in a pure-dict state (of a model, its gradients, a checkpoint):
     its ``{"layers": ...}`` nodes (``layers`` is a Stack's attribute, a name no other module uses)."""
